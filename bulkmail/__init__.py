@@ -1,0 +1,1 @@
+"""bulkmail: the domain library of the bulk-mail platform."""

@@ -1,0 +1,91 @@
+"""Database access: engines, sessions, and the translation of driver errors into clear ones.
+
+SQLite (the embedded default) and PostgreSQL through psycopg 3 (production) are supported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc, orm
+from sqlalchemy.engine import make_url
+
+from bulkmail import errors
+
+
+def make_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """An engine for ``url`` with the settings bulkmail relies on per backend."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        # Pollers and the CLI share the file: wait on a lock instead of failing at once.
+        kwargs.setdefault("connect_args", {"timeout": 30})
+        engine = sa.create_engine(parsed, **kwargs)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        # A bare postgresql:// would pick psycopg2, which is not a dependency.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(parsed, **kwargs)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling defers BEGIN; we issue it ourselves (see on_begin) so
+    # that a write transaction takes its lock up front and RETURNING claims stay atomic.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def sessionmaker(engine: sa.Engine) -> orm.sessionmaker[orm.Session]:
+    return orm.sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def session_scope(engine: sa.Engine) -> Iterator[orm.Session]:
+    """One transaction: committed when the block ends, rolled back on any error.
+
+    Driver errors that mean "no schema" or "no server" become bulkmail errors with the fix.
+    """
+    session = orm.Session(engine, expire_on_commit=False)
+    try:
+        with session.begin():
+            yield session
+    except (exc.OperationalError, exc.ProgrammingError) as error:
+        raise translate(error, engine) from error
+    finally:
+        session.close()
+
+
+def translate(error: exc.DBAPIError, engine: sa.Engine) -> Exception:
+    """A clear bulkmail error for the driver errors a user can fix, else ``error`` itself."""
+    text = str(error.orig) if error.orig is not None else str(error)
+    where = engine.url.render_as_string(hide_password=True)
+    if "no such table" in text or "UndefinedTable" in type(error.orig).__name__:
+        return errors.SchemaMissing(
+            f"the database {where} has no bulkmail schema or an old one; run `bulkmail db upgrade`"
+        )
+    if error.connection_invalidated or _is_connect_failure(text):
+        first = text.strip().splitlines()[0] if text.strip() else type(error.orig).__name__
+        return errors.BulkmailError(
+            f"cannot reach the database {where} ({first}); "
+            "check BULKMAIL_DATABASE_URL and that the server is running"
+        )
+    return error
+
+
+def _is_connect_failure(text: str) -> bool:
+    markers = ("connection refused", "could not connect", "connection failed", "unable to open")
+    lowered = text.lower()
+    return any(marker in lowered for marker in markers)

@@ -1,0 +1,268 @@
+"""Email activities: create, read, update, delete, list, send and cancel.
+
+Every address is validated with email-validator and every header value is refused if it holds
+CR, LF or NUL before anything is stored, so what is stored can always be built into a message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from bulkmail import errors, headers, mailboxes, models, status
+from bulkmail.status import Priority, Status
+
+MAX_SUBJECT_LENGTH = 4_000
+MAX_RECIPIENTS = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewEmail:
+    """What a user gives to write an email."""
+
+    from_address: str
+    to: Sequence[str]
+    cc: Sequence[str] = ()
+    bcc: Sequence[str] = ()
+    subject: str
+    text: str | None = None
+    html: str | None = None
+    priority: Priority = Priority.NORMAL
+    send_after: dt.datetime | None = None
+    regarding_contact_id: int | None = None
+    template_id: int | None = None
+    bulk_operation_id: int | None = None
+
+
+def make_message_id(domain: str) -> str:
+    """A unique RFC 5322 Message-ID (without the angle brackets) in ``domain``."""
+    return f"{uuid.uuid4().hex}@{domain}"
+
+
+def _subject(value: str) -> str:
+    headers.check_header_value("subject", value)
+    if len(value) > MAX_SUBJECT_LENGTH:
+        raise errors.InvalidInput(
+            f"subject is {len(value):,} characters long; the limit is {MAX_SUBJECT_LENGTH:,}"
+        )
+    return value
+
+
+def _recipients(to: Sequence[str], cc: Sequence[str], bcc: Sequence[str]) -> list[list[str]]:
+    lists = [
+        headers.normalize_addresses(list(to), field="to address"),
+        headers.normalize_addresses(list(cc), field="cc address"),
+        headers.normalize_addresses(list(bcc), field="bcc address"),
+    ]
+    total = sum(len(x) for x in lists)
+    if total == 0:
+        raise errors.InvalidInput("the email has no recipient; give at least one to address")
+    if total > MAX_RECIPIENTS:
+        raise errors.InvalidInput(
+            f"the email has {total} recipients; the limit is {MAX_RECIPIENTS} "
+            "(use a bulk operation for more)"
+        )
+    return lists
+
+
+def _send_after(value: dt.datetime | None) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise errors.InvalidInput("send-after time has no timezone; add one, e.g. +00:00")
+    return value
+
+
+def create(
+    session: orm.Session, new: NewEmail, *, message_id_domain: str | None = None
+) -> models.Email:
+    """Store a Draft email from a sender mailbox; nothing is sent yet."""
+    sender = mailboxes.find(session, new.from_address)
+    to, cc, bcc = _recipients(new.to, new.cc, new.bcc)
+    email = models.Email(
+        statecode=int(Status.DRAFT.state),
+        statuscode=int(Status.DRAFT),
+        from_address=sender.email,
+        from_name=headers.check_header_value("sender name", sender.name),
+        sender_user_id=sender.id if isinstance(sender, models.SystemUser) else None,
+        sender_queue_id=sender.id if isinstance(sender, models.Queue) else None,
+        to_addresses=to,
+        cc_addresses=cc,
+        bcc_addresses=bcc,
+        subject=_subject(new.subject),
+        body_text=new.text,
+        body_html=new.html,
+        priority=int(new.priority),
+        send_after=_send_after(new.send_after),
+        regarding_contact_id=new.regarding_contact_id,
+        template_id=new.template_id,
+        bulk_operation_id=new.bulk_operation_id,
+        message_id=make_message_id(message_id_domain or sender.email.rpartition("@")[2]),
+        tracking_token=uuid.uuid4(),
+    )
+    session.add(email)
+    session.flush()
+    return email
+
+
+def get(session: orm.Session, email_id: int, *, for_update: bool = False) -> models.Email:
+    query = sa.select(models.Email).where(models.Email.id == email_id)
+    if for_update:
+        query = query.with_for_update()
+    email = session.scalar(query)
+    if email is None:
+        raise errors.NotFound(f"email {email_id} not found; `bulkmail email list` shows the ids")
+    return email
+
+
+def update(
+    session: orm.Session,
+    email_id: int,
+    *,
+    subject: str | None = None,
+    to: Sequence[str] | None = None,
+    cc: Sequence[str] | None = None,
+    bcc: Sequence[str] | None = None,
+    text: str | None = None,
+    html: str | None = None,
+    priority: Priority | None = None,
+    send_after: dt.datetime | None = None,
+) -> models.Email:
+    """Edit a Draft or Failed email; editing a Failed email returns it to Draft."""
+    email = get(session, email_id, for_update=True)
+    current = email.current_status
+    if current not in (Status.DRAFT, Status.FAILED):
+        raise errors.Conflict(
+            f"email {email_id} is {current.label}; only Draft or Failed emails can be edited"
+        )
+    if subject is not None:
+        email.subject = _subject(subject)
+    if to is not None or cc is not None or bcc is not None:
+        email.to_addresses, email.cc_addresses, email.bcc_addresses = _recipients(
+            email.to_addresses if to is None else to,
+            email.cc_addresses if cc is None else cc,
+            email.bcc_addresses if bcc is None else bcc,
+        )
+    if text is not None:
+        email.body_text = text
+    if html is not None:
+        email.body_html = html
+    if priority is not None:
+        email.priority = int(priority)
+    if send_after is not None:
+        email.send_after = _send_after(send_after)
+    if current is Status.FAILED:
+        email.move_to(Status.DRAFT)
+        email.failure_reason = None
+    session.flush()
+    return email
+
+
+def delete(session: orm.Session, email_id: int) -> None:
+    email = get(session, email_id, for_update=True)
+    if email.current_status is Status.SENDING:
+        raise errors.Conflict(
+            f"email {email_id} is being sent right now; wait for the outcome, then delete it"
+        )
+    session.delete(email)
+    session.flush()
+
+
+def list_emails(
+    session: orm.Session,
+    *,
+    status_filter: Status | None = None,
+    sender: str | None = None,
+    bulk_operation_id: int | None = None,
+    limit: int = 100,
+) -> list[models.Email]:
+    """Emails matching every given filter, newest first."""
+    if limit < 1:
+        raise errors.InvalidInput("limit must be at least 1")
+    query = sa.select(models.Email).order_by(models.Email.id.desc()).limit(limit)
+    if status_filter is not None:
+        query = query.where(models.Email.statuscode == int(status_filter))
+    if sender is not None:
+        query = query.where(models.Email.from_address == sender.strip().lower())
+    if bulk_operation_id is not None:
+        query = query.where(models.Email.bulk_operation_id == bulk_operation_id)
+    return list(session.scalars(query))
+
+
+def send(session: orm.Session, email_id: int) -> models.Email:
+    """Queue a Draft (or resend a Failed) email for the pollers: it becomes Pending Send.
+
+    A sender mailbox that the organization's approval rules block is refused here, before
+    anything changes; the pollers check again when they claim.
+    """
+    email = get(session, email_id, for_update=True)
+    status.check_transition(email.current_status, Status.PENDING_SEND)
+    reason = mailboxes.blocked_reason(session, _sender_mailbox(session, email))
+    if reason is not None:
+        raise errors.PermissionDenied(f"email {email_id} cannot be sent: {reason}")
+    email.move_to(Status.PENDING_SEND)
+    email.failure_reason = None
+    email.next_attempt_at = None
+    session.flush()
+    return email
+
+
+def cancel(session: orm.Session, email_id: int) -> models.Email:
+    email = get(session, email_id, for_update=True)
+    email.move_to(Status.CANCELED)
+    session.flush()
+    return email
+
+
+def _sender_mailbox(session: orm.Session, email: models.Email) -> mailboxes.Mailbox:
+    mailbox: mailboxes.Mailbox | None
+    if email.sender_user_id is not None:
+        mailbox = session.get(models.SystemUser, email.sender_user_id)
+    elif email.sender_queue_id is not None:
+        mailbox = session.get(models.Queue, email.sender_queue_id)
+    else:
+        mailbox = None
+    if mailbox is None:
+        raise errors.NotFound(f"email {email.id} has no sender mailbox; it cannot be sent")
+    return mailbox
+
+
+def as_dict(email: models.Email) -> dict[str, object]:
+    """The email as scripts see it in ``--json``."""
+    current = email.current_status
+
+    def stamp(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": email.id,
+        "status": current.label,
+        "statuscode": email.statuscode,
+        "statecode": email.statecode,
+        "state": current.state.name.title(),
+        "direction": "outgoing" if email.direction else "incoming",
+        "from": email.from_address,
+        "from_name": email.from_name,
+        "to": list(email.to_addresses),
+        "cc": list(email.cc_addresses),
+        "bcc": list(email.bcc_addresses),
+        "subject": email.subject,
+        "text": email.body_text,
+        "html": email.body_html,
+        "priority": Priority(email.priority).name.lower(),
+        "send_after": stamp(email.send_after),
+        "message_id": email.message_id,
+        "delivery_attempts": email.delivery_attempts,
+        "next_attempt_at": stamp(email.next_attempt_at),
+        "last_smtp_reply": email.last_smtp_reply,
+        "failure_reason": email.failure_reason,
+        "regarding_contact_id": email.regarding_contact_id,
+        "template_id": email.template_id,
+        "bulk_operation_id": email.bulk_operation_id,
+        "sent_at": stamp(email.sent_at),
+        "created_at": stamp(email.created_at),
+        "modified_at": stamp(email.modified_at),
+    }

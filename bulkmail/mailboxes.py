@@ -1,0 +1,144 @@
+"""Sender mailboxes (system users and queues), their approval, and the privilege to approve.
+
+When the organization requires approval for user (or queue) email, only a mailbox whose address
+is Approved may send; only a system user holding ``approve_email_address`` may change that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from bulkmail import errors, headers, models, organization
+from bulkmail.status import ApprovalStatus
+
+APPROVE_EMAIL_ADDRESS = "approve_email_address"
+PRIVILEGES: dict[str, str] = {
+    APPROVE_EMAIL_ADDRESS: "approve or reject the email address of a user or queue",
+}
+
+Mailbox = models.SystemUser | models.Queue
+
+
+def _check_name(name: str) -> str:
+    name = headers.check_header_value("name", name).strip()
+    if not name:
+        raise errors.InvalidInput("name is empty; give the mailbox a name")
+    if len(name) > 200:
+        raise errors.InvalidInput("name is longer than 200 characters; shorten it")
+    return name
+
+
+def _address(email: str) -> str:
+    # Mailbox addresses compare case-insensitively, as every mail system treats them.
+    return headers.normalize_address(email, field="email address").lower()
+
+
+def _check_unused(session: orm.Session, address: str) -> None:
+    if find_optional(session, address) is not None:
+        raise errors.Conflict(f"a user or queue with the address {address} already exists")
+
+
+def add_user(
+    session: orm.Session, *, name: str, email: str, privileges: Iterable[str] = ()
+) -> models.SystemUser:
+    address = _address(email)
+    granted = sorted(set(privileges))
+    unknown = [p for p in granted if p not in PRIVILEGES]
+    if unknown:
+        raise errors.InvalidInput(
+            f"unknown privilege {', '.join(unknown)}; known: {', '.join(PRIVILEGES)}"
+        )
+    _check_unused(session, address)
+    user = models.SystemUser(name=_check_name(name), email=address, privileges=granted)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def add_queue(session: orm.Session, *, name: str, email: str) -> models.Queue:
+    address = _address(email)
+    name = _check_name(name)
+    _check_unused(session, address)
+    if session.scalar(sa.select(models.Queue.id).where(models.Queue.name == name)) is not None:
+        raise errors.Conflict(f"a queue named {name!r} already exists")
+    queue = models.Queue(name=name, email=address)
+    session.add(queue)
+    session.flush()
+    return queue
+
+
+def list_users(session: orm.Session) -> list[models.SystemUser]:
+    return list(session.scalars(sa.select(models.SystemUser).order_by(models.SystemUser.id)))
+
+
+def list_queues(session: orm.Session) -> list[models.Queue]:
+    return list(session.scalars(sa.select(models.Queue).order_by(models.Queue.id)))
+
+
+def find_optional(session: orm.Session, address: str) -> Mailbox | None:
+    address = address.strip().lower()
+    user = session.scalar(sa.select(models.SystemUser).where(models.SystemUser.email == address))
+    if user is not None:
+        return user
+    return session.scalar(sa.select(models.Queue).where(models.Queue.email == address))
+
+
+def find(session: orm.Session, address: str) -> Mailbox:
+    mailbox = find_optional(session, _address(address))
+    if mailbox is None:
+        raise errors.NotFound(
+            f"no user or queue has the address {address.strip()}; "
+            "add one with `bulkmail users add` or `bulkmail queues add`"
+        )
+    return mailbox
+
+
+def set_approval(
+    session: orm.Session, address: str, approval: ApprovalStatus, *, actor: str
+) -> Mailbox:
+    """Set a mailbox's approval status on behalf of ``actor``, who must hold the privilege."""
+    acting = find(session, actor)
+    if not isinstance(acting, models.SystemUser) or APPROVE_EMAIL_ADDRESS not in acting.privileges:
+        raise errors.PermissionDenied(
+            f"{acting.email} lacks the privilege {APPROVE_EMAIL_ADDRESS} needed to approve or "
+            "reject email addresses; ask a user who holds it"
+        )
+    mailbox = find(session, address)
+    mailbox.approval_status = int(approval)
+    session.flush()
+    return mailbox
+
+
+def blocked_reason(session: orm.Session, mailbox: Mailbox) -> str | None:
+    """Why ``mailbox`` may not send now, or ``None`` when it may."""
+    org = organization.get(session)
+    required = (
+        org.require_approval_user
+        if isinstance(mailbox, models.SystemUser)
+        else org.require_approval_queue
+    )
+    if not required or mailbox.approval_status == ApprovalStatus.APPROVED:
+        return None
+    current = ApprovalStatus(mailbox.approval_status).label
+    return (
+        f"sender mailbox not approved: {mailbox.email} is {current} and the organization "
+        "requires approval; an approver can run `bulkmail mailbox approve`"
+    )
+
+
+def as_dict(mailbox: Mailbox) -> dict[str, object]:
+    data: dict[str, object] = {
+        "id": mailbox.id,
+        "kind": "user" if isinstance(mailbox, models.SystemUser) else "queue",
+        "name": mailbox.name,
+        "email": mailbox.email,
+        "approval_status": ApprovalStatus(mailbox.approval_status).label,
+        "approval_code": mailbox.approval_status,
+    }
+    if isinstance(mailbox, models.SystemUser):
+        data["privileges"] = list(mailbox.privileges)
+    data["created_at"] = mailbox.created_at.isoformat()
+    return data

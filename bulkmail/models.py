@@ -1,0 +1,230 @@
+"""The schema as SQLAlchemy 2 models; Alembic migrations own it and a test keeps both equal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+from sqlalchemy.dialects import postgresql
+
+from bulkmail import status
+
+# Integer keys on SQLite (its rowid alias autoincrements only for INTEGER), 64-bit elsewhere.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DEFAULT_MAX_UPLOAD_SIZE = 5_242_880
+MAX_UPLOAD_SIZE_LIMIT = 131_072_000
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes on every backend (SQLite hands back naive ones)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; attach a timezone")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(orm.DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+
+
+class Organization(Base):
+    """The organization's settings: a single row, id 1."""
+
+    __tablename__ = "organization"
+    __table_args__ = (
+        sa.CheckConstraint("id = 1", name="single_row"),
+        sa.CheckConstraint(
+            f"max_upload_size BETWEEN 1 AND {MAX_UPLOAD_SIZE_LIMIT}", name="max_upload_size"
+        ),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(sa.Integer, primary_key=True)
+    require_approval_user: orm.Mapped[bool] = orm.mapped_column(
+        sa.Boolean, default=False, server_default=sa.false()
+    )
+    require_approval_queue: orm.Mapped[bool] = orm.mapped_column(
+        sa.Boolean, default=False, server_default=sa.false()
+    )
+    max_upload_size: orm.Mapped[int] = orm.mapped_column(
+        sa.Integer, default=DEFAULT_MAX_UPLOAD_SIZE, server_default=str(DEFAULT_MAX_UPLOAD_SIZE)
+    )
+    modified_at: orm.Mapped[dt.datetime] = orm.mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow
+    )
+
+
+_APPROVAL_CHECK = "approval_status IN (0, 1, 2, 3)"
+
+
+class SystemUser(Base):
+    """A person who sends mail and may hold privileges; also a sender mailbox."""
+
+    __tablename__ = "system_users"
+    __table_args__ = (sa.CheckConstraint(_APPROVAL_CHECK, name="approval_status"),)
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(200))
+    email: orm.Mapped[str] = orm.mapped_column(sa.String(320), unique=True)
+    approval_status: orm.Mapped[int] = orm.mapped_column(
+        sa.SmallInteger, default=int(status.ApprovalStatus.EMPTY), server_default="0"
+    )
+    privileges: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+
+
+class Queue(Base):
+    """A shared mailbox (support@, news@) that mail can be sent from."""
+
+    __tablename__ = "queues"
+    __table_args__ = (sa.CheckConstraint(_APPROVAL_CHECK, name="approval_status"),)
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(200), unique=True)
+    email: orm.Mapped[str] = orm.mapped_column(sa.String(320), unique=True)
+    approval_status: orm.Mapped[int] = orm.mapped_column(
+        sa.SmallInteger, default=int(status.ApprovalStatus.EMPTY), server_default="0"
+    )
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+
+
+class Contact(Base):
+    """A recipient. ``email`` may be empty: bulk operations count such contacts as skipped."""
+
+    __tablename__ = "contacts"
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    email: orm.Mapped[str | None] = orm.mapped_column(sa.String(320), unique=True)
+    first_name: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
+    last_name: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
+    company: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
+    country: orm.Mapped[str | None] = orm.mapped_column(sa.String(100))
+    language: orm.Mapped[str | None] = orm.mapped_column(sa.String(35))
+    tags: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
+    attributes: orm.Mapped[dict[str, Any]] = orm.mapped_column(Json, default=dict)
+    do_not_bulk_email: orm.Mapped[bool] = orm.mapped_column(
+        sa.Boolean, default=False, server_default=sa.false()
+    )
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+    modified_at: orm.Mapped[dt.datetime] = orm.mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow
+    )
+
+
+PENDING = int(status.Status.PENDING_SEND)
+SENDING = int(status.Status.SENDING)
+
+
+class Email(Base):
+    """An email activity: every message is a stored record before anything is sent."""
+
+    __tablename__ = "emails"
+    __table_args__ = (
+        sa.CheckConstraint(status.check_constraint_sql(), name="status_in_state"),
+        sa.CheckConstraint("priority IN (0, 1, 2)", name="priority"),
+        sa.CheckConstraint("direction IN (0, 1)", name="direction"),
+        sa.CheckConstraint("delivery_attempts >= 0", name="delivery_attempts"),
+        sa.CheckConstraint(
+            "sender_user_id IS NULL OR sender_queue_id IS NULL", name="one_sender_mailbox"
+        ),
+        # The claim path: pending emails, highest priority first, then oldest.
+        sa.Index(
+            "ix_emails_pending_claim",
+            sa.column("priority").desc(),
+            sa.column("id"),
+            postgresql_where=sa.text(f"statuscode = {PENDING}"),
+            sqlite_where=sa.text(f"statuscode = {PENDING}"),
+        ),
+        # The reaper: leases that may have expired.
+        sa.Index(
+            "ix_emails_sending_lease",
+            "lease_expires_at",
+            postgresql_where=sa.text(f"statuscode = {SENDING}"),
+            sqlite_where=sa.text(f"statuscode = {SENDING}"),
+        ),
+        sa.Index("ix_emails_bulk_operation_id_statuscode", "bulk_operation_id", "statuscode"),
+        sa.Index("ix_emails_statuscode_id", "statuscode", "id"),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    statecode: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger)
+    statuscode: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger)
+    direction: orm.Mapped[int] = orm.mapped_column(
+        sa.SmallInteger, default=int(status.Direction.OUTGOING)
+    )
+    sender_user_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("system_users.id", ondelete="RESTRICT"), index=True
+    )
+    sender_queue_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("queues.id", ondelete="RESTRICT"), index=True
+    )
+    from_address: orm.Mapped[str] = orm.mapped_column(sa.String(320))
+    from_name: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
+    to_addresses: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
+    cc_addresses: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
+    bcc_addresses: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
+    subject: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
+    body_html: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    body_text: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    regarding_contact_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
+    # Foreign keys to templates and bulk operations arrive with those tables.
+    template_id: orm.Mapped[int | None] = orm.mapped_column(BigId)
+    bulk_operation_id: orm.Mapped[int | None] = orm.mapped_column(BigId)
+    priority: orm.Mapped[int] = orm.mapped_column(
+        sa.SmallInteger, default=int(status.Priority.NORMAL)
+    )
+    send_after: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    delivery_attempts: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0)
+    next_attempt_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    claim_token: orm.Mapped[uuid.UUID | None] = orm.mapped_column(sa.Uuid)
+    lease_expires_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    claimed_by: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
+    last_smtp_reply: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    failure_reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    message_id: orm.Mapped[str] = orm.mapped_column(sa.String(998), unique=True)
+    tracking_token: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.Uuid, unique=True)
+    sent_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+    modified_at: orm.Mapped[dt.datetime] = orm.mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow
+    )
+
+    @property
+    def current_status(self) -> status.Status:
+        return status.Status(self.statuscode)
+
+    def move_to(self, target: status.Status) -> None:
+        """Apply one move of the status machine, or raise naming both statuses."""
+        status.check_transition(self.current_status, target)
+        self.statuscode = int(target)
+        self.statecode = int(target.state)

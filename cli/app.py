@@ -1,0 +1,53 @@
+"""What every command shares: the settings, a lazily built engine, and one transaction helper."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import click
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from bulkmail import db, settings
+
+
+@dataclass
+class App:
+    settings: settings.Settings
+    _engine: sa.Engine | None = field(default=None, repr=False)
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = db.make_engine(self.settings.database_url)
+        return self._engine
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[orm.Session]:
+        with db.session_scope(self.engine) as session:
+            yield session
+
+
+pass_app = click.make_pass_decorator(App)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+class TextFile(click.ParamType[str]):
+    """A UTF-8 text file (or ``-`` for standard input), given to the command as its contents."""
+
+    name = "FILE"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            if value == "-":
+                return sys.stdin.read()
+            with open(value, encoding="utf-8") as handle:
+                return handle.read()
+        except OSError as error:
+            self.fail(f"cannot read {value}: {error.strerror}", param, ctx)
+        except UnicodeDecodeError:
+            self.fail(f"{value} is not UTF-8 text; convert it to UTF-8", param, ctx)

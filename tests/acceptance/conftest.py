@@ -1,0 +1,74 @@
+"""The installed ``bulkmail`` command, run as a user runs it: a subprocess with its own env."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BULKMAIL = Path(sys.executable).with_name("bulkmail")
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass(frozen=True)
+class Cli:
+    database_url: str
+    cwd: Path
+
+    def __call__(self, *args: str, stdin: str | None = None) -> Result:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
+        env.update(BULKMAIL_DATABASE_URL=self.database_url, COLUMNS="200")
+        done = subprocess.run(
+            [str(BULKMAIL), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.cwd,
+            timeout=60,
+            check=False,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        result = self(*args, stdin=stdin)
+        assert result.code == 0, f"bulkmail {' '.join(args)} failed: {result.err}"
+        return result.out
+
+    def refused(self, *args: str, code: int = 1) -> str:
+        """Run a command that must fail cleanly: one line on stderr, no traceback."""
+        result = self(*args)
+        assert result.code == code, (result.code, result.out, result.err)
+        assert "Traceback" not in result.err
+        lines = result.err.strip().splitlines()
+        if code == 1:
+            assert len(lines) == 1, result.err
+        return result.err.strip()
+
+
+@pytest.fixture
+def fresh_pg_url(pg_template: str) -> str:
+    """A new, empty PostgreSQL database: `bulkmail db upgrade` has not run on it."""
+    from tests.conftest import _admin, _pg_url
+
+    name = f"bulkmail_a_{os.getpid()}_{os.urandom(4).hex()}"
+    _admin(f"CREATE DATABASE {name}")
+    yield _pg_url(name)  # type: ignore[misc]
+    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def cli(fresh_pg_url: str, tmp_path: Path) -> Cli:
+    if not BULKMAIL.exists():
+        pytest.fail(f"{BULKMAIL} is missing; install the project with `make test`")
+    return Cli(fresh_pg_url, tmp_path)

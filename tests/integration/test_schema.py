@@ -1,0 +1,99 @@
+"""The migrations own the schema: they must build exactly what the models describe, and the
+database itself must refuse what the models forbid."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from bulkmail import db, migrate, models
+
+
+def test_migrations_and_models_agree(engine: sa.Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "target_metadata": models.Base.metadata}
+        )
+        diff = compare_metadata(context, models.Base.metadata)
+    assert diff == []
+    assert migrate.current_revision(engine) == migrate.head_revision()
+
+
+def test_upgrade_twice_is_a_no_op(engine: sa.Engine) -> None:
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == migrate.head_revision()
+
+
+def test_downgrade_to_base_and_back(engine: sa.Engine) -> None:
+    migrate.downgrade(engine, "base")
+    assert sa.inspect(engine).get_table_names() == ["alembic_version"]
+    migrate.upgrade(engine)
+    assert {"emails", "contacts", "system_users", "queues", "organization"} <= set(
+        sa.inspect(engine).get_table_names()
+    )
+
+
+def _insert_email(connection: sa.Connection, statecode: int, statuscode: int | None) -> None:
+    connection.execute(
+        sa.text(
+            "INSERT INTO emails (statecode, statuscode, direction, from_address, to_addresses,"
+            " cc_addresses, bcc_addresses, subject, priority, delivery_attempts, message_id,"
+            " tracking_token, created_at, modified_at) VALUES (:state, :status, 1, 'a@example.org',"
+            " '[]', '[]', '[]', 's', 1, 0, :mid, :token, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        ),
+        {
+            "state": statecode,
+            "status": statuscode,
+            "mid": f"{statecode}-{statuscode}@example.org",
+            "token": f"00000000-0000-0000-0000-00000000{statecode:02d}{statuscode or 0:02d}",
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("statecode", "statuscode"), [(0, 3), (1, 1), (2, 6), (0, 5), (1, 8), (0, 99), (5, 1)]
+)
+def test_database_rejects_a_status_outside_its_state(
+    engine: sa.Engine, statecode: int, statuscode: int
+) -> None:
+    with (
+        pytest.raises(sa.exc.IntegrityError, match="ck_emails_status_in_state"),
+        engine.begin() as c,
+    ):
+        _insert_email(c, statecode, statuscode)
+
+
+def test_database_rejects_a_null_status(engine: sa.Engine) -> None:
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        _insert_email(connection, 0, None)
+
+
+def test_database_accepts_every_valid_pair_and_refuses_a_bad_update(engine: sa.Engine) -> None:
+    pairs = [(0, 1), (0, 8), (1, 2), (1, 3), (1, 4), (1, 6), (1, 7), (2, 5)]
+    with engine.begin() as connection:
+        for state, code in pairs:
+            _insert_email(connection, state, code)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        connection.execute(sa.text("UPDATE emails SET statuscode = 3 WHERE statuscode = 1"))
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT count(*) FROM emails")) == len(pairs)
+
+
+def test_organization_row_exists_with_defaults(engine: sa.Engine) -> None:
+    with db.session_scope(engine) as session:
+        org = session.get(models.Organization, 1)
+        assert org is not None
+        assert (org.require_approval_user, org.require_approval_queue) == (False, False)
+        assert org.max_upload_size == 5_242_880
+
+
+def test_organization_upload_limit_is_checked_by_the_database(engine: sa.Engine) -> None:
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        connection.execute(sa.text("UPDATE organization SET max_upload_size = 131072001"))
+
+
+def test_claim_indexes_exist(engine: sa.Engine) -> None:
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("emails")}
+    assert {"ix_emails_pending_claim", "ix_emails_sending_lease"} <= names

@@ -1,0 +1,31 @@
+"""The Celery application: the broker is only a doorbell; PostgreSQL holds every state.
+
+Tasks acknowledge late and are rejected (so redelivered) when their worker dies, which is safe
+because every bulkmail task is idempotent. With the in-process ``memory://`` broker, tasks run
+eagerly in the caller: the embedded default needs no worker process.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from bulkmail import settings
+
+
+def make_app(config: settings.Settings) -> Celery:
+    app = Celery("bulkmail", broker=config.broker_url)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        task_always_eager=config.broker_url.startswith("memory://"),
+        task_eager_propagates=True,
+    )
+    return app
+
+
+app = make_app(settings.load())
