@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import errors, headers, mailboxes, models, status
+from bulkmail import attachments, errors, headers, mailboxes, mime, models, status
 from bulkmail.status import Priority, Status
 
 MAX_SUBJECT_LENGTH = 4_000
@@ -37,11 +37,6 @@ class NewEmail:
     regarding_contact_id: int | None = None
     template_id: int | None = None
     bulk_operation_id: int | None = None
-
-
-def make_message_id(domain: str) -> str:
-    """A unique RFC 5322 Message-ID (without the angle brackets) in ``domain``."""
-    return f"{uuid.uuid4().hex}@{domain}"
 
 
 def _subject(value: str) -> str:
@@ -100,7 +95,7 @@ def create(
         regarding_contact_id=new.regarding_contact_id,
         template_id=new.template_id,
         bulk_operation_id=new.bulk_operation_id,
-        message_id=make_message_id(message_id_domain or sender.email.rpartition("@")[2]),
+        message_id=mime.make_message_id(message_id_domain or sender.email.rpartition("@")[2]),
         tracking_token=uuid.uuid4(),
     )
     session.add(email)
@@ -167,8 +162,10 @@ def delete(session: orm.Session, email_id: int) -> None:
         raise errors.Conflict(
             f"email {email_id} is being sent right now; wait for the outcome, then delete it"
         )
+    blobs = attachments.blob_ids(session, attachments.Owner(email_id=email_id))
     session.delete(email)
     session.flush()
+    attachments.collect_garbage(session, blobs)
 
 
 def list_emails(
@@ -192,20 +189,25 @@ def list_emails(
     return list(session.scalars(query))
 
 
-def send(session: orm.Session, email_id: int) -> models.Email:
-    """Queue a Draft (or resend a Failed) email for the pollers: it becomes Pending Send.
+def send(session: orm.Session, email_id: int, *, issue_send: bool = True) -> models.Email:
+    """SendEmail: queue a Draft (or resend a Failed) email for the pollers (Pending Send).
 
-    A sender mailbox that the organization's approval rules block is refused here, before
-    anything changes; the pollers check again when they claim.
+    With ``issue_send=False`` the email is only recorded as Sent, as the reference model allows
+    for mail that went out another way; nothing reaches SMTP. A sender mailbox that the
+    organization's approval rules block is refused before anything changes; the pollers check
+    again when they claim.
     """
     email = get(session, email_id, for_update=True)
-    status.check_transition(email.current_status, Status.PENDING_SEND)
+    target = Status.PENDING_SEND if issue_send else Status.SENT
+    status.check_transition(email.current_status, target)
     reason = mailboxes.blocked_reason(session, _sender_mailbox(session, email))
     if reason is not None:
         raise errors.PermissionDenied(f"email {email_id} cannot be sent: {reason}")
-    email.move_to(Status.PENDING_SEND)
+    email.move_to(target)
     email.failure_reason = None
     email.next_attempt_at = None
+    if not issue_send:
+        email.sent_at = models.utcnow()
     session.flush()
     return email
 

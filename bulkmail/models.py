@@ -197,8 +197,10 @@ class Email(Base):
     regarding_contact_id: orm.Mapped[int | None] = orm.mapped_column(
         sa.ForeignKey("contacts.id", ondelete="SET NULL"), index=True
     )
-    # Foreign keys to templates and bulk operations arrive with those tables.
-    template_id: orm.Mapped[int | None] = orm.mapped_column(BigId)
+    template_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("templates.id", ondelete="SET NULL"), index=True
+    )
+    # The foreign key to bulk operations arrives with that table.
     bulk_operation_id: orm.Mapped[int | None] = orm.mapped_column(BigId)
     priority: orm.Mapped[int] = orm.mapped_column(
         sa.SmallInteger, default=int(status.Priority.NORMAL)
@@ -228,3 +230,71 @@ class Email(Base):
         status.check_transition(self.current_status, target)
         self.statuscode = int(target)
         self.statecode = int(target.state)
+
+
+class Template(Base):
+    """A Jinja2 template for the subject, the HTML body and (optionally) the text body."""
+
+    __tablename__ = "templates"
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(200), unique=True)
+    subject: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    body_html: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    body_text: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+    modified_at: orm.Mapped[dt.datetime] = orm.mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow
+    )
+
+
+class AttachmentBlob(Base):
+    """The bytes of attached files, stored once per content: its id is the ``attachment_id``."""
+
+    __tablename__ = "attachment_blobs"
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    sha256: orm.Mapped[str] = orm.mapped_column(sa.String(64), unique=True)
+    size: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    data: orm.Mapped[bytes] = orm.mapped_column(sa.LargeBinary, deferred=True)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+
+
+class Attachment(Base):
+    """An attachment record (the reference model's ActivityMimeAttachment).
+
+    It belongs to exactly one email or one template and points at a blob; many records may point
+    at the same blob, which is how a file attached to a template reaches a million emails once.
+    """
+
+    __tablename__ = "attachments"
+    __table_args__ = (
+        sa.CheckConstraint("(email_id IS NULL) <> (template_id IS NULL)", name="one_owner"),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    email_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("emails.id", ondelete="CASCADE"), index=True
+    )
+    template_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("templates.id", ondelete="CASCADE"), index=True
+    )
+    attachment_id: orm.Mapped[int] = orm.mapped_column(
+        sa.ForeignKey("attachment_blobs.id", ondelete="RESTRICT"), index=True
+    )
+    file_name: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    mime_type: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    subject: orm.Mapped[str | None] = orm.mapped_column(sa.String(500))
+    order_number: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0)
+    content_id: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def object_type(self) -> str:
+        return "email" if self.email_id is not None else "template"
+
+    @property
+    def object_id(self) -> int:
+        owner = self.email_id if self.email_id is not None else self.template_id
+        assert owner is not None
+        return owner

@@ -62,6 +62,7 @@ STATUS_STATE: dict[Status, State] = {
 TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset(
     {
         (Status.DRAFT, Status.PENDING_SEND),  # send
+        (Status.DRAFT, Status.SENT),  # send without issuing it: recorded as sent elsewhere
         (Status.PENDING_SEND, Status.SENDING),  # claim
         (Status.SENDING, Status.SENT),  # 2xx
         (Status.SENDING, Status.PENDING_SEND),  # 4xx, broken connection, lease expired

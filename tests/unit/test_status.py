@@ -7,6 +7,7 @@ from bulkmail.status import State, Status
 
 ALLOWED = {
     (Status.DRAFT, Status.PENDING_SEND),
+    (Status.DRAFT, Status.SENT),
     (Status.PENDING_SEND, Status.SENDING),
     (Status.SENDING, Status.SENT),
     (Status.SENDING, Status.PENDING_SEND),
