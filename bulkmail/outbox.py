@@ -1,0 +1,321 @@
+"""BackgroundSendEmail: the claim path. Every query that claims, completes, releases or reaps
+outgoing emails lives here, so the locking rules can be read as one unit.
+
+Claim, commit, send, complete: a claim moves Pending Send emails to Sending under a lease with a
+claim token and commits before any SMTP traffic. Completion is a compare-and-set on that token,
+so a worker whose lease expired and was taken over changes nothing. The reaper returns expired
+leases to Pending Send.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from bulkmail import mailboxes, models
+from bulkmail.status import State, Status
+
+E = models.Email
+_PENDING, _SENDING = int(Status.PENDING_SEND), int(Status.SENDING)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """When a temporary failure is tried again, and when bulkmail gives up."""
+
+    first_retry: dt.timedelta = dt.timedelta(seconds=60)
+    max_retry: dt.timedelta = dt.timedelta(hours=1)
+    max_attempts: int = 10
+    max_lifetime: dt.timedelta = dt.timedelta(days=5)
+
+    def next_attempt(self, attempts: int, now: dt.datetime) -> dt.datetime:
+        """Exponential backoff: first_retry after the first attempt, doubling, capped."""
+        delay = self.first_retry * (1 << max(0, min(attempts - 1, 30)))
+        return now + min(delay, self.max_retry)
+
+    def gives_up(self, attempts: int, created_at: dt.datetime, now: dt.datetime) -> bool:
+        return attempts >= self.max_attempts or now - created_at >= self.max_lifetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Claimed:
+    """A claimed email: everything the poller needs to build and send it."""
+
+    email: models.Email  # detached snapshot of the row as claimed
+    claim_token: uuid.UUID
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Outcome:
+    """What the SMTP server said about one claimed email."""
+
+    claimed: Claimed
+    kind: str  # "sent" (2xx), "retry" (4xx or broken connection), "failed" (5xx)
+    reply: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Completed:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    stale: int = 0  # completions whose claim had been taken over: they changed nothing
+
+
+def claim(
+    session: orm.Session,
+    *,
+    worker: str,
+    limit: int,
+    lease: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> list[Claimed]:
+    """Move up to ``limit`` due Pending Send emails to Sending for ``worker`` and return them.
+
+    Highest priority first, then oldest. Two callers never get the same email: PostgreSQL
+    skips rows another claimer has locked, SQLite runs the single UPDATE under its write lock.
+    Emails whose sender mailbox is blocked by the approval rules are failed here instead.
+    The caller commits right after, before any SMTP traffic.
+    """
+    now = now or models.utcnow()
+    token = uuid.uuid4()
+    due = (
+        sa.select(E.id)
+        .where(
+            E.statuscode == _PENDING,
+            sa.or_(E.send_after.is_(None), E.send_after <= now),
+            sa.or_(E.next_attempt_at.is_(None), E.next_attempt_at <= now),
+        )
+        .order_by(E.priority.desc(), E.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    statement = (
+        sa.update(E)
+        .where(E.id.in_(due.scalar_subquery()))
+        .values(
+            statuscode=_SENDING,
+            statecode=int(State.COMPLETED),
+            claim_token=token,
+            claimed_by=worker,
+            lease_expires_at=now + lease,
+            delivery_attempts=E.delivery_attempts + 1,
+            modified_at=now,
+        )
+        .returning(E)
+        .execution_options(synchronize_session=False)
+    )
+    rows = list(session.scalars(statement))
+    rows.sort(key=lambda row: (-row.priority, row.id))
+    blocked = _blocked(session, rows)
+    if blocked:
+        _fail_blocked(session, token, blocked, now)
+    for row in rows:
+        session.expunge(row)
+    return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
+
+
+def _blocked(session: orm.Session, rows: Sequence[models.Email]) -> dict[int, str]:
+    """The claimed emails whose sender mailbox may not send, with the reason."""
+    reasons: dict[tuple[str, int], str | None] = {}
+    blocked: dict[int, str] = {}
+    for row in rows:
+        mailbox: mailboxes.Mailbox | None = None
+        if row.sender_user_id is not None:
+            key = ("user", row.sender_user_id)
+            if key not in reasons:
+                mailbox = session.get(models.SystemUser, row.sender_user_id)
+        elif row.sender_queue_id is not None:
+            key = ("queue", row.sender_queue_id)
+            if key not in reasons:
+                mailbox = session.get(models.Queue, row.sender_queue_id)
+        else:
+            blocked[row.id] = "sender mailbox not approved: the email has no sender mailbox"
+            continue
+        if key not in reasons:
+            reasons[key] = None if mailbox is None else mailboxes.blocked_reason(session, mailbox)
+        reason = reasons[key]
+        if reason is not None:
+            blocked[row.id] = reason
+    return blocked
+
+
+def _fail_blocked(
+    session: orm.Session, token: uuid.UUID, blocked: dict[int, str], now: dt.datetime
+) -> None:
+    # Through the connection: an executemany UPDATE with the claim token in its WHERE, not the
+    # ORM's bulk update by primary key.
+    session.connection().execute(
+        sa.update(E)
+        .where(E.id == sa.bindparam("b_id"), E.claim_token == token)
+        .values(
+            statuscode=int(Status.FAILED),
+            statecode=int(State.OPEN),
+            failure_reason=sa.bindparam("b_reason"),
+            # Never handed to SMTP: this was no delivery attempt.
+            delivery_attempts=E.delivery_attempts - 1,
+            **_unclaimed(now),
+        )
+        .execution_options(synchronize_session=False),
+        [{"b_id": email_id, "b_reason": reason} for email_id, reason in blocked.items()],
+    )
+
+
+def _unclaimed(now: dt.datetime) -> dict[str, object]:
+    return {"claim_token": None, "claimed_by": None, "lease_expires_at": None, "modified_at": now}
+
+
+def complete(
+    session: orm.Session,
+    outcomes: Iterable[Outcome],
+    *,
+    policy: RetryPolicy = RetryPolicy(),
+    now: dt.datetime | None = None,
+) -> Completed:
+    """Write SMTP outcomes back, each a compare-and-set on its claim token.
+
+    A temporary failure is retried later unless the email's attempts (this one included) or
+    lifetime are used up, which fails it for good.
+    """
+    now = now or models.utcnow()
+    sent: list[dict[str, object]] = []
+    retry: list[dict[str, object]] = []
+    failed: list[dict[str, object]] = []
+    for outcome in outcomes:
+        email = outcome.claimed.email
+        params: dict[str, object] = {
+            "b_id": email.id,
+            "b_token": outcome.claimed.claim_token,
+            "b_reply": outcome.reply,
+        }
+        if outcome.kind == "sent":
+            sent.append(params)
+        elif outcome.kind == "retry":
+            count = email.delivery_attempts
+            if policy.gives_up(count, email.created_at, now):
+                params["b_reason"] = f"gave up after {count} attempts: {outcome.reply}"
+                failed.append(params)
+            else:
+                params["b_next"] = policy.next_attempt(count, now)
+                retry.append(params)
+        else:
+            params["b_reason"] = outcome.reply
+            failed.append(params)
+    mine = (E.id == sa.bindparam("b_id"), E.claim_token == sa.bindparam("b_token"))
+    changed = {"sent": 0, "retried": 0, "failed": 0}
+    batches: list[tuple[str, list[dict[str, object]], dict[str, object]]] = [
+        (
+            "sent",
+            sent,
+            {
+                "statuscode": int(Status.SENT),
+                "statecode": int(State.COMPLETED),
+                "sent_at": now,
+                "last_smtp_reply": sa.bindparam("b_reply"),
+            },
+        ),
+        (
+            "retried",
+            retry,
+            {
+                "statuscode": _PENDING,
+                "statecode": int(State.COMPLETED),
+                "next_attempt_at": sa.bindparam("b_next"),
+                "last_smtp_reply": sa.bindparam("b_reply"),
+            },
+        ),
+        (
+            "failed",
+            failed,
+            {
+                "statuscode": int(Status.FAILED),
+                "statecode": int(State.OPEN),
+                "last_smtp_reply": sa.bindparam("b_reply"),
+                "failure_reason": sa.bindparam("b_reason"),
+            },
+        ),
+    ]
+    for name, params_list, values in batches:
+        if not params_list:
+            continue
+        result = session.connection().execute(
+            sa.update(E)
+            .where(*mine)
+            .values(**values, **_unclaimed(now))
+            .execution_options(synchronize_session=False),
+            params_list,
+        )
+        changed[name] = _rowcount(result)
+    total = len(sent) + len(retry) + len(failed)
+    return Completed(**changed, stale=total - sum(changed.values()))
+
+
+def release(
+    session: orm.Session,
+    claimed: Iterable[tuple[int, uuid.UUID]],
+    *,
+    now: dt.datetime | None = None,
+) -> int:
+    """Return claimed emails that were never handed to SMTP to Pending Send, uncounted."""
+    now = now or models.utcnow()
+    params = [{"b_id": email_id, "b_token": token} for email_id, token in claimed]
+    if not params:
+        return 0
+    result = session.connection().execute(
+        sa.update(E)
+        .where(E.id == sa.bindparam("b_id"), E.claim_token == sa.bindparam("b_token"))
+        .values(
+            statuscode=_PENDING,
+            statecode=int(State.COMPLETED),
+            delivery_attempts=E.delivery_attempts - 1,
+            **_unclaimed(now),
+        )
+        .execution_options(synchronize_session=False),
+        params,
+    )
+    return _rowcount(result)
+
+
+def reap(
+    session: orm.Session,
+    *,
+    policy: RetryPolicy = RetryPolicy(),
+    now: dt.datetime | None = None,
+) -> int:
+    """Return Sending emails whose lease expired to Pending Send (or Failed when out of tries)."""
+    now = now or models.utcnow()
+    expired = (E.statuscode == _SENDING, E.lease_expires_at < now)
+    out_of_tries = sa.or_(
+        E.delivery_attempts >= policy.max_attempts, E.created_at <= now - policy.max_lifetime
+    )
+    failed = session.execute(
+        sa.update(E)
+        .where(*expired, out_of_tries)
+        .values(
+            statuscode=int(Status.FAILED),
+            statecode=int(State.OPEN),
+            failure_reason=sa.literal("gave up after ")
+            + sa.cast(E.delivery_attempts, sa.String)
+            + sa.literal(" attempts: the sending worker's lease expired"),
+            **_unclaimed(now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    returned = session.execute(
+        sa.update(E)
+        .where(*expired)
+        .values(statuscode=_PENDING, statecode=int(State.COMPLETED), **_unclaimed(now))
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(failed) + _rowcount(returned)
+
+
+def _rowcount(result: sa.Result[object]) -> int:
+    count = getattr(result, "rowcount", 0)
+    return int(count)

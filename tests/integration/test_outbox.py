@@ -1,0 +1,285 @@
+"""The claim path on both backends: who gets which email, and what each outcome writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections import Counter
+
+import sqlalchemy as sa
+
+from bulkmail import db, mailboxes, models, organization, outbox
+from bulkmail.status import Status
+
+LEASE = dt.timedelta(minutes=5)
+
+
+def _sender(engine: sa.Engine) -> int:
+    with db.session_scope(engine) as session:
+        return mailboxes.add_user(session, name="Sam", email="sam@example.org").id
+
+
+def _pending(engine: sa.Engine, sender_id: int, count: int, **fields: object) -> list[int]:
+    """Insert ``count`` Pending Send emails in one statement; returns their ids in order."""
+    now = models.utcnow()
+    rows = [
+        {
+            "statecode": 1,
+            "statuscode": int(Status.PENDING_SEND),
+            "direction": 1,
+            "sender_user_id": sender_id,
+            "from_address": "sam@example.org",
+            "to_addresses": [f"r{i}@example.com"],
+            "cc_addresses": [],
+            "bcc_addresses": [],
+            "subject": f"s{i}",
+            "priority": 1,
+            "delivery_attempts": 0,
+            "message_id": f"{uuid.uuid4().hex}@example.org",
+            "tracking_token": uuid.uuid4(),
+            "created_at": now,
+            "modified_at": now,
+            **fields,
+        }
+        for i in range(count)
+    ]
+    with db.session_scope(engine) as session:
+        return list(session.scalars(sa.insert(models.Email).returning(models.Email.id), rows))
+
+
+def _claim(
+    engine: sa.Engine, limit: int = 100, worker: str = "w1", **kw: object
+) -> list[outbox.Claimed]:
+    with db.session_scope(engine) as session:
+        return outbox.claim(session, worker=worker, limit=limit, lease=LEASE, **kw)  # type: ignore[arg-type]
+
+
+def _email(engine: sa.Engine, email_id: int) -> models.Email:
+    with db.session_scope(engine) as session:
+        email = session.get(models.Email, email_id)
+        assert email is not None
+        return email
+
+
+def test_claim_takes_due_emails_by_priority_then_age(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    now = models.utcnow()
+    low = _pending(engine, sender, 2, priority=0)
+    normal = _pending(engine, sender, 2)
+    high = _pending(engine, sender, 2, priority=2)
+    _pending(engine, sender, 1, send_after=now + dt.timedelta(hours=1))
+    _pending(engine, sender, 1, next_attempt_at=now + dt.timedelta(minutes=1))
+    _pending(engine, sender, 1, priority=2, statuscode=int(Status.DRAFT), statecode=0)
+    claimed = _claim(engine, limit=5)
+    assert [c.email.id for c in claimed] == [*high, *normal, low[0]]
+    assert len({c.claim_token for c in claimed}) == 1
+    row = _email(engine, high[0])
+    assert row.current_status is Status.SENDING
+    assert row.claim_token == claimed[0].claim_token
+    assert row.claimed_by == "w1"
+    assert row.delivery_attempts == 1
+    assert row.lease_expires_at is not None
+    assert row.lease_expires_at > now
+    assert [c.email.id for c in _claim(engine)] == [low[1]]
+    assert _claim(engine) == []
+
+
+def test_past_send_after_and_next_attempt_are_due(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    past = models.utcnow() - dt.timedelta(seconds=1)
+    ids = _pending(engine, sender, 2, send_after=past, next_attempt_at=past)
+    assert sorted(c.email.id for c in _claim(engine)) == ids
+
+
+def test_unapproved_sender_fails_at_claim_and_never_is_returned(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    with db.session_scope(engine) as session:
+        queue = mailboxes.add_queue(session, name="News", email="news@example.org")
+        organization.update(session, require_approval_user=True)
+    blocked = _pending(engine, sender, 3)
+    allowed = _pending(engine, sender, 2, sender_user_id=None, sender_queue_id=queue.id)
+    claimed = _claim(engine)
+    assert [c.email.id for c in claimed] == allowed
+    for email_id in blocked:
+        row = _email(engine, email_id)
+        assert row.current_status is Status.FAILED
+        assert row.failure_reason is not None
+        assert row.failure_reason.startswith("sender mailbox not approved")
+        assert row.delivery_attempts == 0
+        assert row.claim_token is None
+
+
+def test_complete_writes_each_outcome(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    sent, retry, failed = _pending(engine, sender, 3)
+    claimed = {c.email.id: c for c in _claim(engine)}
+    now = models.utcnow()
+    with db.session_scope(engine) as session:
+        done = outbox.complete(
+            session,
+            [
+                outbox.Outcome(claimed=claimed[sent], kind="sent", reply="250 2.0.0 queued as A1"),
+                outbox.Outcome(claimed=claimed[retry], kind="retry", reply="451 4.3.0 try later"),
+                outbox.Outcome(claimed=claimed[failed], kind="failed", reply="550 5.1.1"),
+            ],
+            now=now,
+        )
+    assert done == outbox.Completed(sent=1, retried=1, failed=1, stale=0)
+    row = _email(engine, sent)
+    assert (row.current_status, row.last_smtp_reply, row.sent_at) == (
+        Status.SENT,
+        "250 2.0.0 queued as A1",
+        now,
+    )
+    assert (row.claim_token, row.lease_expires_at, row.claimed_by) == (None, None, None)
+    row = _email(engine, retry)
+    assert row.current_status is Status.PENDING_SEND
+    assert row.next_attempt_at == now + dt.timedelta(seconds=60)
+    assert row.delivery_attempts == 1
+    assert row.last_smtp_reply == "451 4.3.0 try later"
+    row = _email(engine, failed)
+    assert (row.current_status, row.statecode, row.failure_reason) == (
+        Status.FAILED,
+        0,
+        "550 5.1.1",
+    )
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    policy = outbox.RetryPolicy()
+    now = models.utcnow()
+    delays = [policy.next_attempt(n, now) - now for n in range(1, 9)]
+    assert [d.total_seconds() for d in delays] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+
+
+def test_retry_gives_up_after_max_attempts_and_lifetime(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    policy = outbox.RetryPolicy(max_attempts=2, first_retry=dt.timedelta(0))
+    (email_id,) = _pending(engine, sender, 1)
+    for attempt in (1, 2):
+        (claimed,) = _claim(engine)
+        assert claimed.email.delivery_attempts == attempt
+        with db.session_scope(engine) as session:
+            outbox.complete(
+                session,
+                [outbox.Outcome(claimed=claimed, kind="retry", reply="421 4.4.2 bye")],
+                policy=policy,
+            )
+    row = _email(engine, email_id)
+    assert row.current_status is Status.FAILED
+    assert row.failure_reason == "gave up after 2 attempts: 421 4.4.2 bye"
+
+    old = models.utcnow() - dt.timedelta(days=6)
+    (aged,) = _pending(engine, sender, 1, created_at=old)
+    (claimed,) = _claim(engine)
+    with db.session_scope(engine) as session:
+        outbox.complete(session, [outbox.Outcome(claimed=claimed, kind="retry", reply="450")])
+    assert _email(engine, aged).failure_reason == "gave up after 1 attempts: 450"
+
+
+def test_stale_completion_changes_nothing(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    (email_id,) = _pending(engine, sender, 1)
+    (stale,) = _claim(engine, worker="slow")
+    later = models.utcnow() + LEASE + dt.timedelta(seconds=1)
+    with db.session_scope(engine) as session:
+        assert outbox.reap(session, now=later) == 1
+    (fresh,) = _claim(engine, worker="fast", now=later)
+    with db.session_scope(engine) as session:
+        done = outbox.complete(session, [outbox.Outcome(claimed=stale, kind="failed", reply="554")])
+    assert done == outbox.Completed(stale=1)
+    row = _email(engine, email_id)
+    assert (row.current_status, row.claimed_by, row.delivery_attempts) == (
+        Status.SENDING,
+        "fast",
+        2,
+    )
+    with db.session_scope(engine) as session:
+        outbox.complete(session, [outbox.Outcome(claimed=fresh, kind="sent", reply="250 ok")])
+    assert _email(engine, email_id).current_status is Status.SENT
+
+
+def test_release_returns_unsent_claims_uncounted(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    ids = _pending(engine, sender, 3)
+    claimed = _claim(engine)
+    with db.session_scope(engine) as session:
+        released = outbox.release(session, [(c.email.id, c.claim_token) for c in claimed[1:]])
+        assert outbox.release(session, [(ids[0], uuid.uuid4())]) == 0
+    assert released == 2
+    for email_id in ids[1:]:
+        row = _email(engine, email_id)
+        assert (row.current_status, row.delivery_attempts, row.claim_token) == (
+            Status.PENDING_SEND,
+            0,
+            None,
+        )
+    assert _email(engine, ids[0]).current_status is Status.SENDING
+
+
+def test_reaper_returns_expired_leases_and_fails_exhausted_ones(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    fresh = _pending(engine, sender, 1)
+    tired = _pending(engine, sender, 1, delivery_attempts=9)
+    _claim(engine)
+    with db.session_scope(engine) as session:
+        assert outbox.reap(session) == 0
+    later = models.utcnow() + LEASE + dt.timedelta(seconds=1)
+    with db.session_scope(engine) as session:
+        assert outbox.reap(session, now=later) == 2
+    row = _email(engine, fresh[0])
+    assert (row.current_status, row.delivery_attempts, row.claim_token) == (
+        Status.PENDING_SEND,
+        1,
+        None,
+    )
+    row = _email(engine, tired[0])
+    assert row.current_status is Status.FAILED
+    assert row.failure_reason == "gave up after 10 attempts: the sending worker's lease expired"
+
+
+def test_concurrent_claimers_each_get_an_email_exactly_once(db_url: str) -> None:
+    postgres = db_url.startswith("postgresql")
+    engine = db.make_engine(db_url, pool_size=20) if postgres else db.make_engine(db_url)
+    try:
+        total = 50_000 if postgres else 3_000
+        sender = _sender(engine)
+        for start in range(0, total, 10_000):
+            _pending(engine, sender, min(10_000, total - start))
+        claims: Counter[int] = Counter()
+        lock = threading.Lock()
+        failures: list[BaseException] = []
+        barrier = threading.Barrier(16)
+
+        def claimer(index: int) -> None:
+            try:
+                barrier.wait(timeout=30)
+                while True:
+                    batch = _claim(engine, limit=250, worker=f"w{index}")
+                    if not batch:
+                        return
+                    with lock:
+                        claims.update(c.email.id for c in batch)
+            except BaseException as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert len(claims) == total
+        assert set(claims.values()) == {1}
+        with engine.connect() as connection:
+            assert (
+                connection.scalar(
+                    sa.text(
+                        "SELECT count(*) FROM emails WHERE statuscode = 7 AND delivery_attempts = 1"
+                    )
+                )
+                == total
+            )
+    finally:
+        engine.dispose()
