@@ -298,3 +298,20 @@ class Attachment(Base):
         owner = self.email_id if self.email_id is not None else self.template_id
         assert owner is not None
         return owner
+
+
+class WorkerHeartbeat(Base):
+    """A running (or stopped) poller: what the monitoring dashboard lists."""
+
+    __tablename__ = "worker_heartbeats"
+
+    id: orm.Mapped[str] = orm.mapped_column(sa.String(200), primary_key=True)
+    kind: orm.Mapped[str] = orm.mapped_column(sa.String(50))
+    host: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    pid: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    started_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime)
+    last_seen_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, index=True)
+    stopped_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    sent: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    retried: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    failed: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
