@@ -28,6 +28,41 @@ class Settings(BaseSettings):
         default="",
         description="Domain of generated Message-IDs; empty uses the sender address's domain",
     )
+    retry_first_seconds: float = Field(
+        default=60.0, gt=0, description="Wait before the first retry of a 4xx or lost connection"
+    )
+    retry_max_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest wait between retries (the wait doubles)"
+    )
+    max_attempts: int = Field(default=10, ge=1, description="Delivery attempts before giving up")
+    max_lifetime_seconds: float = Field(
+        default=5 * 24 * 3600.0, gt=0, description="Age after which an email is no longer retried"
+    )
+    smtp_rate_limit: float = Field(
+        default=0.0,
+        ge=0,
+        description="Messages/second to the SMTP server shared by all pollers (Redis); 0 is off",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis for the shared SMTP rate limit"
+    )
+    expansion_batch: int = Field(
+        default=5_000,
+        ge=1,
+        le=100_000,
+        description="Contacts a bulk operation's expansion handles per transaction",
+    )
+    reconcile_stale_after: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds without progress after which a queued or expanding bulk operation "
+        "is queued again",
+    )
+    reconcile_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between two runs of the reconciler and the lease reaper (Celery beat)",
+    )
 
 
 def load() -> Settings:

@@ -116,6 +116,7 @@ class _Batch(Generic[K]):
                     kind=smtp_protocol.OutcomeKind.TEMPORARY,
                     detail=f"not sent: {failure}",
                     reply=failure.reply,
+                    attempted=False,
                 )
             outcomes.append(outcome)
         return outcomes

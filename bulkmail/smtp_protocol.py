@@ -498,6 +498,9 @@ class Outcome(Generic[K]):
     detail: str
     reply: Reply | None = None
     refused: tuple[tuple[str, Reply], ...] = ()
+    # False when no session could be opened for it: nothing reached a server, so the attempt
+    # need not count against the message.
+    attempted: bool = True
 
 
 def failed(key: K, reply: Reply) -> Outcome[K]:

@@ -9,7 +9,7 @@ import click
 from sqlalchemy import exc
 
 from bulkmail import errors, settings
-from cli import app, contacts, emails, mailboxes, org, schema
+from cli import app, attachments, contacts, emails, mailboxes, org, schema, templates, worker
 
 
 class Root(click.Group):
@@ -40,6 +40,9 @@ for group in (schema.db, org.org, mailboxes.users, mailboxes.queues, mailboxes.m
     cli.add_command(group)
 cli.add_command(contacts.contacts)
 cli.add_command(emails.email)
+cli.add_command(templates.templates)
+cli.add_command(attachments.attachments)
+cli.add_command(worker.worker)
 
 
 def main() -> None:

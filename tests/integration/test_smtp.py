@@ -513,6 +513,7 @@ def test_unreachable_server_fails_the_batch_temporarily_after_one_try_per_connec
 
     assert kinds(outcomes) == [OutcomeKind.TEMPORARY] * 500
     assert outcomes[0].detail.startswith("not sent: could not connect to 127.0.0.1:")
+    assert not any(outcome.attempted for outcome in outcomes)
     assert time.monotonic() - started < 5
 
 
@@ -799,6 +800,7 @@ def test_smtp_sink_refusing_the_session_fails_the_batch_temporarily() -> None:
         outcomes[0].detail
         == "not sent: 127.0.0.1 refused the session: 500 5.3.0 Error: command failed"
     )
+    assert not any(outcome.attempted for outcome in outcomes)
 
 
 @pytest.mark.parametrize(

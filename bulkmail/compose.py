@@ -1,0 +1,86 @@
+"""From stored email rows to ``mime.Message`` values: the one place that knows both.
+
+Loads are batched: the pollers compose hundreds of emails per round trip, and a blob shared by
+all of them is read once per batch (and encoded once per process by ``mime.PartCache``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from bulkmail import emails, mime, models
+
+
+def messages(
+    session: orm.Session, rows: Sequence[models.Email], *, now: dt.datetime | None = None
+) -> dict[int, mime.Message]:
+    """The ``mime.Message`` of each email in ``rows``, by email id."""
+    date = now or dt.datetime.now(dt.UTC)
+    parts = _attachments(session, [row.id for row in rows])
+    return {
+        row.id: mime.Message(
+            message_id=row.message_id,
+            date=row.sent_at or date,
+            from_address=row.from_address,
+            from_name=row.from_name,
+            to=tuple(row.to_addresses),
+            cc=tuple(row.cc_addresses),
+            subject=row.subject,
+            text=row.body_text,
+            html=row.body_html,
+            attachments=tuple(parts.get(row.id, ())),
+        )
+        for row in rows
+    }
+
+
+def message_bytes(session: orm.Session, email_id: int) -> bytes:
+    """The exact bytes the SMTP server will receive for one email (before dot-stuffing)."""
+    email = emails.get(session, email_id)
+    return mime.build(messages(session, [email])[email.id])
+
+
+def _attachments(
+    session: orm.Session, email_ids: Sequence[int]
+) -> dict[int, list[mime.Attachment]]:
+    if not email_ids:
+        return {}
+    records = session.execute(
+        sa.select(
+            models.Attachment.email_id,
+            models.Attachment.file_name,
+            models.Attachment.mime_type,
+            models.Attachment.content_id,
+            models.Attachment.attachment_id,
+        )
+        .where(models.Attachment.email_id.in_(email_ids))
+        .order_by(models.Attachment.email_id, models.Attachment.order_number, models.Attachment.id)
+    ).all()
+    blob_ids = {record.attachment_id for record in records}
+    blobs = {
+        row.id: (row.sha256, row.data)
+        for row in session.execute(
+            sa.select(
+                models.AttachmentBlob.id, models.AttachmentBlob.sha256, models.AttachmentBlob.data
+            ).where(models.AttachmentBlob.id.in_(blob_ids))
+        )
+    }
+    result: dict[int, list[mime.Attachment]] = defaultdict(list)
+    for record in records:
+        sha256, data = blobs[record.attachment_id]
+        assert record.email_id is not None
+        result[record.email_id].append(
+            mime.Attachment(
+                sha256=sha256,
+                filename=record.file_name,
+                mime_type=record.mime_type,
+                data=data,
+                content_id=record.content_id,
+            )
+        )
+    return result

@@ -1,0 +1,69 @@
+"""Waking the pollers: PostgreSQL NOTIFY when emails become Pending Send, LISTEN in the pollers.
+
+One NOTIFY per committed batch, never per row: PostgreSQL folds identical notifications of a
+transaction into one, and pollers claim whatever is due when woken. Polling remains the fallback
+(and the only way on SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy import orm
+from sqlalchemy.engine import make_url
+
+CHANNEL = "bulkmail_outbox"
+
+
+def notify(session: orm.Session) -> None:
+    """Wake listening pollers when the caller's transaction commits (PostgreSQL only)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text(f"NOTIFY {CHANNEL}"))
+
+
+def conninfo(database_url: str) -> str | None:
+    """A libpq URL for LISTEN, or None when the database cannot notify (SQLite)."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.asynccontextmanager
+async def listener(database_url: str) -> AsyncIterator[asyncio.Event]:
+    """An event set on every notification, kept alive while the block runs.
+
+    Connection trouble is retried with backoff in the background; the caller keeps polling.
+    """
+    event = asyncio.Event()
+    info = conninfo(database_url)
+    if info is None:
+        yield event
+        return
+    task = asyncio.create_task(_listen(info, event))
+    try:
+        yield event
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _listen(info: str, event: asyncio.Event) -> None:
+    delay = 1.0
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(info, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {CHANNEL}")
+                delay = 1.0
+                async for _ in conn.notifies():
+                    event.set()
+        except psycopg.Error:
+            # The database went away: polling covers the gap until LISTEN is back.
+            event.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)

@@ -1,0 +1,240 @@
+"""The outgoing poller process: BackgroundSendEmail in a loop you can read top to bottom.
+
+    while not stopping: claim a batch -> build -> send -> complete; idle: wait for NOTIFY or poll
+
+SIGTERM/SIGINT stop the claiming; rounds in flight finish and are recorded; the process exits 0
+within the grace period. Anything still claimed after the grace period stays Sending until its
+lease expires and the reaper returns it: releasing it could send a message twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
+
+import redis.asyncio as aioredis
+from sqlalchemy import exc
+
+from bulkmail import (
+    db,
+    delivery,
+    heartbeats,
+    mime,
+    models,
+    outbox,
+    ratelimit,
+    settings,
+    smtp,
+    smtp_protocol,
+    wakeup,
+)
+
+logger = logging.getLogger("bulkmail.poller")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    database_url: str
+    smtp_url: str
+    policy: outbox.RetryPolicy
+    connections: int | None = None  # SMTP connections; None keeps the URL's (default 8)
+    batch: int = 500
+    lease: dt.timedelta = dt.timedelta(minutes=5)
+    rounds: int = 2  # rounds in flight: one's database work overlaps another's SMTP traffic
+    exit_when_idle: bool = False
+    poll_interval: float = 2.0
+    reap_interval: float = 30.0
+    heartbeat_interval: float = 5.0
+    grace: float = 30.0
+    rate_limit: float = 0.0
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    @classmethod
+    def from_settings(cls, config: settings.Settings, **overrides: object) -> Config:
+        policy = outbox.RetryPolicy(
+            first_retry=dt.timedelta(seconds=config.retry_first_seconds),
+            max_retry=dt.timedelta(seconds=config.retry_max_seconds),
+            max_attempts=config.max_attempts,
+            max_lifetime=dt.timedelta(seconds=config.max_lifetime_seconds),
+        )
+        base = cls(
+            database_url=config.database_url,
+            smtp_url=config.smtp_url,
+            policy=policy,
+            rate_limit=config.smtp_rate_limit,
+            redis_url=config.redis_url,
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+class Poller:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.identity = heartbeats.Identity(
+            id=f"poller-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            kind="poller",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=models.utcnow(),
+        )
+        self.engine = db.make_engine(config.database_url, pool_size=config.rounds + 2)
+        self.totals = {"sent": 0, "retried": 0, "failed": 0}
+        self.options = delivery.Options(
+            worker=self.identity.id, batch=config.batch, lease=config.lease, policy=config.policy
+        )
+        self.stopping = asyncio.Event()
+        self._cache = mime.PartCache()
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            logger.info("stopping: no new claims; finishing the rounds in flight")
+            self.stopping.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        smtp_settings = smtp_protocol.parse_url(self.config.smtp_url)
+        if self.config.connections is not None:
+            smtp_settings = replace(smtp_settings, connections=self.config.connections)
+        limiter = await self._limiter()
+        try:
+            async with (
+                smtp.Sender(smtp_settings) as sender,
+                wakeup.listener(self.config.database_url) as woken,
+                asyncio.TaskGroup() as group,
+            ):
+                chores = [
+                    group.create_task(self._every(self.config.heartbeat_interval, self._beat)),
+                    group.create_task(self._every(self.config.reap_interval, self._reap)),
+                ]
+                rounds = [
+                    group.create_task(self._send_loop(sender, woken, limiter))
+                    for _ in range(self.config.rounds)
+                ]
+                await asyncio.wait(rounds)
+                for chore in chores:
+                    chore.cancel()
+        finally:
+            await self._final_beat()
+            self.engine.dispose()
+
+    async def _send_loop(
+        self, sender: smtp.Sender, woken: asyncio.Event, limiter: ratelimit.RateLimiter | None
+    ) -> None:
+        backoff = 1.0
+        while not self.stopping.is_set():
+            try:
+                done = await delivery.run_round(
+                    self.engine, sender, self.options, self._cache, limiter
+                )
+            except (exc.OperationalError, exc.InterfaceError) as error:
+                # The database went away: wait and try again rather than crash-looping.
+                first = str(error.orig or error).strip().splitlines()[0]
+                logger.warning("database unavailable (%s); retrying in %.0f s", first, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 1.0
+            for key in self.totals:
+                self.totals[key] += getattr(done, key)
+            if done.claimed:
+                logger.info(
+                    "claimed %d: sent %d, retry %d, failed %d, released %d, stale %d",
+                    done.claimed,
+                    done.sent,
+                    done.retried,
+                    done.failed,
+                    done.released,
+                    done.stale,
+                )
+                continue
+            if self.config.exit_when_idle:
+                self.stop()
+                break
+            woken.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.poll_interval):
+                    await _first(woken.wait(), self.stopping.wait())
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
+
+    async def _every(self, seconds: float, chore: Callable[[], None]) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(chore)
+            except exc.SQLAlchemyError as error:
+                logger.warning("%s failed: %s", getattr(chore, "__name__", "chore"), error)
+            await asyncio.sleep(seconds)
+
+    def _beat(self) -> None:
+        with db.session_scope(self.engine) as session:
+            heartbeats.beat(session, self.identity, **self.totals)
+
+    def _reap(self) -> None:
+        with db.session_scope(self.engine) as session:
+            returned = outbox.reap(session, policy=self.config.policy)
+        if returned:
+            logger.info("reaper returned %d emails whose lease expired", returned)
+
+    async def _final_beat(self) -> None:
+        def final() -> None:
+            with db.session_scope(self.engine) as session:
+                heartbeats.beat(session, self.identity, **self.totals)
+                heartbeats.stopped(session, self.identity.id)
+
+        with contextlib.suppress(exc.SQLAlchemyError):
+            await asyncio.to_thread(final)
+
+    async def _limiter(self) -> ratelimit.RateLimiter | None:
+        if not self.config.rate_limit:
+            return None
+        client = aioredis.Redis.from_url(self.config.redis_url)
+        smtp_settings = smtp_protocol.parse_url(self.config.smtp_url)
+        key = f"bulkmail:ratelimit:{smtp_settings.host}:{smtp_settings.port}"
+        return ratelimit.RateLimiter(client, rate=self.config.rate_limit, key=key)
+
+
+async def _first(*waits: Coroutine[object, object, object]) -> None:
+    """Return when the first of ``waits`` does, cancelling the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def run(config: Config) -> None:
+    """Run a poller until told to stop (or, with ``exit_when_idle``, until nothing is due)."""
+    asyncio.run(_main(Poller(config), config.grace))
+
+
+async def _main(poller: Poller, grace: float) -> None:
+    logger.info("poller %s started", poller.identity.id)
+    work = asyncio.create_task(poller.run())
+    stop = asyncio.create_task(poller.stopping.wait())
+    await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not work.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(work), grace)
+        except TimeoutError:
+            logger.warning("grace period over: claimed emails stay Sending until their lease ends")
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return
+    work.result()
+    logger.info("poller %s stopped", poller.identity.id)
