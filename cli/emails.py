@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import click
 
-from bulkmail import emails
+from bulkmail import compose, emails, sending
 from bulkmail.status import Priority, Status
 from cli import output
 from cli.app import App, TextFile, json_option, pass_app
@@ -201,3 +202,35 @@ def cancel(app: App, email_id: int) -> None:
     with app.session() as session:
         canceled = emails.cancel(session, email_id)
         click.echo(f"email {canceled.id} is {canceled.current_status.label}")
+
+
+@email.command(name="send-template")
+@click.option("--template", "template_name", required=True, metavar="N")
+@click.option("--contact", "contact_address", required=True, metavar="ADDRESS")
+@click.option("--from", "from_address", required=True, metavar="ADDRESS")
+@pass_app
+def send_template(app: App, template_name: str, contact_address: str, from_address: str) -> None:
+    """Render a template for one contact and send it; prints the new email's id."""
+    with app.session() as session:
+        created = sending.send_from_template(
+            session,
+            template_name=template_name,
+            contact_address=contact_address,
+            from_address=from_address,
+            message_id_domain=app.settings.message_id_domain or None,
+        )
+    click.echo(created.id)
+
+
+@email.command()
+@click.argument("email_id", metavar="ID", type=int)
+@click.option(
+    "-o", "--output", "target", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@pass_app
+def export(app: App, email_id: int, target: Path) -> None:
+    """Write the exact bytes the SMTP server will receive to FILE.eml."""
+    with app.session() as session:
+        data = compose.message_bytes(session, email_id)
+    target.write_bytes(data)
+    click.echo(f"{len(data)} bytes written to {target}")
