@@ -1,0 +1,12 @@
+# One image for every bulkmail process: migrations, Celery worker and beat, pollers.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY bulkmail ./bulkmail
+COPY workers ./workers
+COPY cli ./cli
+RUN pip install . && useradd --system --home-dir /app bulkmail
+USER bulkmail
+ENTRYPOINT ["bulkmail"]
+CMD ["--help"]
