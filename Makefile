@@ -26,5 +26,9 @@ lint: install
 test: install services lint
 	$(BIN)/pytest
 
+# Not part of `make test`: minutes of full load. BENCH_SCALE=0.1 for a quick look.
+bench: install services
+	$(BIN)/python tests/bench/run_all.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

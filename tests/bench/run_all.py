@@ -1,0 +1,99 @@
+"""`make bench`: every benchmark in one run, one table, and a JSON file to compare runs.
+
+Each benchmark script prints one JSON object with ``--json``; this runs them in turn (never in
+parallel: the machine has two cores), scales N by ``BENCH_SCALE`` and writes the rows to
+``bench-results.json`` (or ``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+# (script, flag for N, N at BENCH_SCALE=1)
+BENCHMARKS = [
+    ("bench_mime.py", "--n", 20_000),
+    ("bench_import.py", "--n", 1_000_000),
+    ("bench_expansion.py", "--n", 1_000_000),
+    ("bench_smtp.py", "--count", 50_000),
+    ("bench_send.py", "--n", 100_000),
+    ("bench_end_to_end.py", "--n", 100_000),
+]
+
+
+def _run(script: str, flag: str, n: int) -> dict[str, object]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(HERE / script), flag, str(n), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"phase": script, "n": n, "error": last, "seconds": round(elapsed, 1)}
+    row: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    row.setdefault("seconds", round(elapsed, 1))
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
+    parser.add_argument("--only", action="append", help="run only these scripts (repeatable)")
+    args = parser.parse_args()
+    scale = float(os.environ.get("BENCH_SCALE", "1"))
+    rows = []
+    console = Console()
+    for script, flag, n in BENCHMARKS:
+        if args.only and script not in args.only:
+            continue
+        if not (HERE / script).exists():
+            continue
+        scaled = max(100, int(n * scale))
+        console.print(f"running {script} {flag} {scaled} ...")
+        rows.append(_run(script, flag, scaled))
+    table = Table(title=f"bulkmail benchmarks (BENCH_SCALE={scale:g})")
+    for column in ("phase", "N", "rate /s", "reference /s", "ratio", "peak RSS MB", "note"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row.get("phase")),
+            f"{row.get('n', 0):,}",
+            _number(row.get("rate")),
+            _number(row.get("reference")),
+            _number(row.get("ratio"), digits=2),
+            _number(row.get("peak_rss_mb"), digits=0),
+            str(row.get("error") or row.get("note") or ""),
+        )
+    console.print(table)
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "scale": scale,
+        "results": rows,
+    }
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"results written to {args.output}")
+    return 1 if any("error" in row for row in rows) else 0
+
+
+def _number(value: object, digits: int = 0) -> str:
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}"
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
