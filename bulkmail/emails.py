@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import attachments, errors, headers, mailboxes, mime, models, status
+from bulkmail import attachments, errors, headers, mailboxes, mime, models, status, wakeup
 from bulkmail.status import Priority, Status
 
 MAX_SUBJECT_LENGTH = 4_000
@@ -206,7 +206,9 @@ def send(session: orm.Session, email_id: int, *, issue_send: bool = True) -> mod
     email.move_to(target)
     email.failure_reason = None
     email.next_attempt_at = None
-    if not issue_send:
+    if issue_send:
+        wakeup.notify(session)
+    else:
         email.sent_at = models.utcnow()
     session.flush()
     return email

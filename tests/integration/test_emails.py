@@ -244,3 +244,29 @@ def test_queue_approval_is_governed_by_the_queue_setting(engine: sa.Engine, send
     with db.session_scope(engine) as session:
         emails.send(session, email_id)
     assert _get(engine, email_id).current_status is Status.PENDING_SEND
+
+
+def test_send_wakes_listening_pollers(pg_url: str) -> None:
+    import psycopg
+
+    from bulkmail import wakeup
+
+    engine = db.make_engine(pg_url)
+    try:
+        email_id = _create(engine, _sender_for(engine))
+        info = wakeup.conninfo(pg_url)
+        assert info is not None
+        with psycopg.connect(info, autocommit=True) as listener:
+            listener.execute(f"LISTEN {wakeup.CHANNEL}")
+            with db.session_scope(engine) as session:
+                emails.send(session, email_id)
+            received = list(listener.notifies(timeout=5, stop_after=1))
+        assert [n.channel for n in received] == [wakeup.CHANNEL]
+    finally:
+        engine.dispose()
+
+
+def _sender_for(engine: sa.Engine) -> str:
+    with db.session_scope(engine) as session:
+        mailboxes.add_user(session, name="Nora", email="nora@example.org")
+    return "nora@example.org"
