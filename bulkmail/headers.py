@@ -26,6 +26,16 @@ def check_header_value(field: str, value: str) -> str:
     return value
 
 
+def check_name(field: str, value: str, *, limit: int = 200) -> str:
+    """A display name or label: no line breaks, not empty once trimmed, at most ``limit`` long."""
+    name = check_header_value(field, value).strip()
+    if not name:
+        raise errors.InvalidInput(f"{field} is empty; give one")
+    if len(name) > limit:
+        raise errors.InvalidInput(f"{field} is longer than {limit} characters; shorten it")
+    return name
+
+
 def normalize_address(value: str, *, field: str = "address") -> str:
     """Validate one bare address (no display name) and return its normalized form.
 

@@ -22,15 +22,6 @@ PRIVILEGES: dict[str, str] = {
 Mailbox = models.SystemUser | models.Queue
 
 
-def _check_name(name: str) -> str:
-    name = headers.check_header_value("name", name).strip()
-    if not name:
-        raise errors.InvalidInput("name is empty; give the mailbox a name")
-    if len(name) > 200:
-        raise errors.InvalidInput("name is longer than 200 characters; shorten it")
-    return name
-
-
 def _address(email: str) -> str:
     # Mailbox addresses compare case-insensitively, as every mail system treats them.
     return headers.normalize_address(email, field="email address").lower()
@@ -52,7 +43,9 @@ def add_user(
             f"unknown privilege {', '.join(unknown)}; known: {', '.join(PRIVILEGES)}"
         )
     _check_unused(session, address)
-    user = models.SystemUser(name=_check_name(name), email=address, privileges=granted)
+    user = models.SystemUser(
+        name=headers.check_name("name", name), email=address, privileges=granted
+    )
     session.add(user)
     session.flush()
     return user
@@ -60,7 +53,7 @@ def add_user(
 
 def add_queue(session: orm.Session, *, name: str, email: str) -> models.Queue:
     address = _address(email)
-    name = _check_name(name)
+    name = headers.check_name("name", name)
     _check_unused(session, address)
     if session.scalar(sa.select(models.Queue.id).where(models.Queue.name == name)) is not None:
         raise errors.Conflict(f"a queue named {name!r} already exists")

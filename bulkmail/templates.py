@@ -23,15 +23,6 @@ def _validate(subject: str, html: str, text: str | None) -> None:
     rendering.validate(subject=subject, html=html, text=text, contact=sample)
 
 
-def _name(value: str) -> str:
-    name = headers.check_header_value("template name", value).strip()
-    if not name:
-        raise errors.InvalidInput("template name is empty; give it a name")
-    if len(name) > 200:
-        raise errors.InvalidInput("template name is longer than 200 characters; shorten it")
-    return name
-
-
 def compile_template(template: models.Template) -> rendering.CompiledTemplate:
     return rendering.compile_template(
         subject=template.subject, html=template.body_html, text=template.body_text
@@ -42,7 +33,7 @@ def create(
     session: orm.Session, *, name: str, subject: str, html: str, text: str | None = None
 ) -> models.Template:
     """Store a template after checking it compiles and renders for a sample contact."""
-    name = _name(name)
+    name = headers.check_name("template name", name)
     if session.scalar(sa.select(models.Template.id).where(models.Template.name == name)):
         raise errors.Conflict(f"a template named {name!r} already exists; update it instead")
     _validate(subject, html, text)
@@ -92,18 +83,8 @@ def delete(session: orm.Session, name: str) -> None:
 
 
 def contact_context(contact: models.Contact) -> dict[str, object]:
-    """What a template sees as ``contact``."""
-    return {
-        "id": contact.id,
-        "email": contact.email,
-        "first_name": contact.first_name,
-        "last_name": contact.last_name,
-        "company": contact.company,
-        "country": contact.country,
-        "language": contact.language,
-        "tags": list(contact.tags),
-        "attributes": dict(contact.attributes),
-    }
+    """What a template sees as ``contact``: its fields, tags and ``attributes``."""
+    return contacts.as_dict(contact)
 
 
 def render_for(
