@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import uuid
 from typing import Any
 
@@ -171,6 +172,13 @@ class Email(Base):
             sqlite_where=sa.text(f"statuscode = {SENDING}"),
         ),
         sa.Index("ix_emails_bulk_operation_id_statuscode", "bulk_operation_id", "statuscode"),
+        # One email per recipient of a bulk operation, however often its expansion runs.
+        sa.Index(
+            "uq_emails_bulk_operation_id_regarding_contact_id",
+            "bulk_operation_id",
+            "regarding_contact_id",
+            unique=True,
+        ),
         sa.Index("ix_emails_statuscode_id", "statuscode", "id"),
     )
 
@@ -200,8 +208,9 @@ class Email(Base):
     template_id: orm.Mapped[int | None] = orm.mapped_column(
         sa.ForeignKey("templates.id", ondelete="SET NULL"), index=True
     )
-    # The foreign key to bulk operations arrives with that table.
-    bulk_operation_id: orm.Mapped[int | None] = orm.mapped_column(BigId)
+    bulk_operation_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("bulk_operations.id", ondelete="SET NULL")
+    )
     priority: orm.Mapped[int] = orm.mapped_column(
         sa.SmallInteger, default=int(status.Priority.NORMAL)
     )
@@ -315,3 +324,79 @@ class WorkerHeartbeat(Base):
     sent: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
     retried: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
     failed: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+
+
+class OperationStatus(enum.StrEnum):
+    """Where a bulk operation is; the values are stored."""
+
+    QUEUED = "queued"  # stored; its expansion job waits for a Celery worker
+    EXPANDING = "expanding"  # a worker is writing one email per recipient
+    SENDING = "sending"  # every email is written; pollers are delivering them
+    COMPLETED = "completed"  # expanded, and none of its emails is Pending Send or Sending
+    CANCELED = "canceled"  # stopped by a user: no new emails, pending ones canceled
+    FAILED = "failed"  # expansion could not go on; last_error says why
+
+    @property
+    def terminal(self) -> bool:
+        return self in (OperationStatus.COMPLETED, OperationStatus.CANCELED, OperationStatus.FAILED)
+
+
+_OPERATION_STATUS_CHECK = "status IN ({})".format(
+    ", ".join(f"'{s.value}'" for s in OperationStatus)
+)
+
+
+class BulkOperation(Base):
+    """SendBulkMail: a template sent from a mailbox to every contact a query matches.
+
+    The per-status email counters change in the same transactions that move its emails, so a
+    status read is one row, whatever the number of emails.
+    """
+
+    __tablename__ = "bulk_operations"
+    __table_args__ = (
+        sa.CheckConstraint(_OPERATION_STATUS_CHECK, name="status"),
+        sa.CheckConstraint(
+            "(sender_user_id IS NULL) <> (sender_queue_id IS NULL)", name="one_sender_mailbox"
+        ),
+        # The reconciler: operations waiting or expanding, by their last progress.
+        sa.Index("ix_bulk_operations_status_progressed_at", "status", "progressed_at"),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    name: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
+    status: orm.Mapped[str] = orm.mapped_column(sa.String(20), default=OperationStatus.QUEUED.value)
+    template_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("templates.id", ondelete="SET NULL"), index=True
+    )
+    sender_user_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("system_users.id", ondelete="RESTRICT"), index=True
+    )
+    sender_queue_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("queues.id", ondelete="RESTRICT"), index=True
+    )
+    sender_address: orm.Mapped[str] = orm.mapped_column(sa.String(320))
+    query: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    # Contacts are expanded in id order; every contact up to this id has been handled.
+    checkpoint: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    matched: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    created: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    skipped_opted_out: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    skipped_no_address: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    render_failures: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    pending: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    sending: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    sent: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    failed: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    canceled: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    last_error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+    started_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    expanded_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    completed_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    # The last time its expansion moved on (or was queued again): what the reconciler watches.
+    progressed_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def current_status(self) -> OperationStatus:
+        return OperationStatus(self.status)

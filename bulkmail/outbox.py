@@ -5,10 +5,17 @@ Claim, commit, send, complete: a claim moves Pending Send emails to Sending unde
 claim token and commits before any SMTP traffic. Completion is a compare-and-set on that token,
 so a worker whose lease expired and was taken over changes nothing. The reaper returns expired
 leases to Pending Send.
+
+The per-status email counters of bulk operations change in the same transactions that move the
+emails (``Tally``): one UPDATE per operation per batch, after the emails' rows, operations in id
+order. Emails first, then operations by id is the lock order wherever emails of bulk operations
+move; the few transactions that lock an operation first (a cancel) take emails only with SKIP
+LOCKED. So none of them waits for another in a circle.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
@@ -21,7 +28,80 @@ from bulkmail import mailboxes, models
 from bulkmail.status import State, Status
 
 E = models.Email
+Op = models.BulkOperation
 _PENDING, _SENDING = int(Status.PENDING_SEND), int(Status.SENDING)
+
+# The counter of a bulk operation that holds its emails in each status.
+_COUNTERS: dict[Status, str] = {
+    Status.PENDING_SEND: "pending",
+    Status.SENDING: "sending",
+    Status.SENT: "sent",
+    Status.FAILED: "failed",
+    Status.CANCELED: "canceled",
+}
+_OP_SENDING = models.OperationStatus.SENDING.value
+_OP_COMPLETED = models.OperationStatus.COMPLETED.value
+
+
+class Tally:
+    """Moves of bulk operations' emails between statuses, written to the operations' counters.
+
+    Collect the moves of one transaction, then ``write`` once, after the emails' UPDATEs: an
+    operation whose expansion is done becomes Completed when none of its emails is Pending Send or
+    Sending any more, and Sending again when one is (a retry).
+    """
+
+    def __init__(self) -> None:
+        self._deltas: dict[int, collections.Counter[str]] = {}
+
+    def move(
+        self, operation_id: int | None, source: Status | None, target: Status, count: int = 1
+    ) -> None:
+        """``count`` emails of the operation moved from ``source`` (None: new) to ``target``."""
+        if operation_id is None or count == 0:
+            return
+        delta = self._deltas.setdefault(operation_id, collections.Counter())
+        if source is not None:
+            delta[_COUNTERS[source]] -= count
+        delta[_COUNTERS[target]] += count
+
+    def move_each(
+        self, operation_ids: Iterable[int | None], source: Status | None, target: Status
+    ) -> None:
+        """An email of each listed operation (listed twice: two) moved from source to target."""
+        for operation_id, count in collections.Counter(operation_ids).items():
+            self.move(operation_id, source, target, count)
+
+    def write(self, session: orm.Session, *, now: dt.datetime) -> None:
+        params = [
+            {"t_id": op_id, **{f"d_{name}": delta[name] for name in _COUNTERS.values()}}
+            for op_id, delta in sorted(self._deltas.items())
+            if any(delta.values())
+        ]
+        self._deltas.clear()
+        if not params:
+            return
+        new = {name: getattr(Op, name) + sa.bindparam(f"d_{name}") for name in _COUNTERS.values()}
+        done_expanding = Op.status.in_((_OP_SENDING, _OP_COMPLETED))
+        idle = new["pending"] + new["sending"] == 0
+        stamp = sa.literal(now, models.UTCDateTime)
+        session.connection().execute(
+            sa.update(Op)
+            .where(Op.id == sa.bindparam("t_id"))
+            .values(
+                **new,
+                status=sa.case(
+                    (done_expanding, sa.case((idle, _OP_COMPLETED), else_=_OP_SENDING)),
+                    else_=Op.status,
+                ),
+                completed_at=sa.case(
+                    (done_expanding, sa.case((idle, sa.func.coalesce(Op.completed_at, stamp)))),
+                    else_=Op.completed_at,
+                ),
+            )
+            .execution_options(synchronize_session=False),
+            params,
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -79,8 +159,9 @@ def claim(
 
     Highest priority first, then oldest. Two callers never get the same email: PostgreSQL
     skips rows another claimer has locked, SQLite runs the single UPDATE under its write lock.
-    Emails whose sender mailbox is blocked by the approval rules are failed here instead.
-    The caller commits right after, before any SMTP traffic.
+    Emails whose sender mailbox is blocked by the approval rules are failed here instead; emails
+    of canceled bulk operations are never claimed. The caller commits right after, before any
+    SMTP traffic.
     """
     now = now or models.utcnow()
     token = uuid.uuid4()
@@ -90,6 +171,10 @@ def claim(
             E.statuscode == _PENDING,
             sa.or_(E.send_after.is_(None), E.send_after <= now),
             sa.or_(E.next_attempt_at.is_(None), E.next_attempt_at <= now),
+            ~sa.exists().where(
+                Op.id == E.bulk_operation_id,
+                Op.status == models.OperationStatus.CANCELED.value,
+            ),
         )
         .order_by(E.priority.desc(), E.id)
         .limit(limit)
@@ -116,6 +201,11 @@ def claim(
     blocked = _blocked(session, rows)
     if blocked:
         _fail_blocked(session, token, blocked, now)
+    tally = Tally()
+    for row in rows:
+        target = Status.FAILED if row.id in blocked else Status.SENDING
+        tally.move(row.bulk_operation_id, Status.PENDING_SEND, target)
+    tally.write(session, now=now)
     for row in rows:
         session.expunge(row)
     return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
@@ -184,9 +274,9 @@ def complete(
     lifetime are used up, which fails it for good.
     """
     now = now or models.utcnow()
-    sent: list[dict[str, object]] = []
-    retry: list[dict[str, object]] = []
-    failed: list[dict[str, object]] = []
+    # One executemany per outcome and bulk operation: its row count is what that operation's
+    # counters move by, stale completions left out.
+    groups: dict[tuple[Status, int | None], list[dict[str, object]]] = {}
     for outcome in outcomes:
         email = outcome.claimed.email
         params: dict[str, object] = {
@@ -195,65 +285,62 @@ def complete(
             "b_reply": outcome.reply,
         }
         if outcome.kind == "sent":
-            sent.append(params)
+            target = Status.SENT
         elif outcome.kind == "retry":
             count = email.delivery_attempts
             if policy.gives_up(count, email.created_at, now):
                 params["b_reason"] = f"gave up after {count} attempts: {outcome.reply}"
-                failed.append(params)
+                target = Status.FAILED
             else:
                 params["b_next"] = policy.next_attempt(count, now)
-                retry.append(params)
+                target = Status.PENDING_SEND
         else:
             params["b_reason"] = outcome.reply
-            failed.append(params)
+            target = Status.FAILED
+        groups.setdefault((target, email.bulk_operation_id), []).append(params)
+    values: dict[Status, dict[str, object]] = {
+        Status.SENT: {
+            "statuscode": int(Status.SENT),
+            "statecode": int(State.COMPLETED),
+            "sent_at": now,
+            "last_smtp_reply": sa.bindparam("b_reply"),
+        },
+        Status.PENDING_SEND: {
+            "statuscode": _PENDING,
+            "statecode": int(State.COMPLETED),
+            "next_attempt_at": sa.bindparam("b_next"),
+            "last_smtp_reply": sa.bindparam("b_reply"),
+        },
+        Status.FAILED: {
+            "statuscode": int(Status.FAILED),
+            "statecode": int(State.OPEN),
+            "last_smtp_reply": sa.bindparam("b_reply"),
+            "failure_reason": sa.bindparam("b_reason"),
+        },
+    }
     mine = (E.id == sa.bindparam("b_id"), E.claim_token == sa.bindparam("b_token"))
-    changed = {"sent": 0, "retried": 0, "failed": 0}
-    batches: list[tuple[str, list[dict[str, object]], dict[str, object]]] = [
-        (
-            "sent",
-            sent,
-            {
-                "statuscode": int(Status.SENT),
-                "statecode": int(State.COMPLETED),
-                "sent_at": now,
-                "last_smtp_reply": sa.bindparam("b_reply"),
-            },
-        ),
-        (
-            "retried",
-            retry,
-            {
-                "statuscode": _PENDING,
-                "statecode": int(State.COMPLETED),
-                "next_attempt_at": sa.bindparam("b_next"),
-                "last_smtp_reply": sa.bindparam("b_reply"),
-            },
-        ),
-        (
-            "failed",
-            failed,
-            {
-                "statuscode": int(Status.FAILED),
-                "statecode": int(State.OPEN),
-                "last_smtp_reply": sa.bindparam("b_reply"),
-                "failure_reason": sa.bindparam("b_reason"),
-            },
-        ),
-    ]
-    for name, params_list, values in batches:
-        if not params_list:
-            continue
+    changed: collections.Counter[Status] = collections.Counter()
+    tally = Tally()
+    total = 0
+    for (target, operation_id), params_list in groups.items():
         result = session.connection().execute(
             sa.update(E)
             .where(*mine)
-            .values(**values, **_unclaimed(now))
+            .values(**values[target], **_unclaimed(now))
             .execution_options(synchronize_session=False),
             params_list,
         )
-        changed[name] = _rowcount(result)
-    total = len(sent) + len(retry) + len(failed)
-    return Completed(**changed, stale=total - sum(changed.values()))
+        count = _rowcount(result)
+        changed[target] += count
+        total += len(params_list)
+        tally.move(operation_id, Status.SENDING, target, count)
+    tally.write(session, now=now)
+    return Completed(
+        sent=changed[Status.SENT],
+        retried=changed[Status.PENDING_SEND],
+        failed=changed[Status.FAILED],
+        stale=total - sum(changed.values()),
+    )
 
 
 def release(
@@ -264,22 +351,25 @@ def release(
 ) -> int:
     """Return claimed emails that were never handed to SMTP to Pending Send, uncounted."""
     now = now or models.utcnow()
-    params = [{"b_id": email_id, "b_token": token} for email_id, token in claimed]
-    if not params:
+    pairs = list(claimed)
+    if not pairs:
         return 0
-    result = session.connection().execute(
+    operations = session.scalars(
         sa.update(E)
-        .where(E.id == sa.bindparam("b_id"), E.claim_token == sa.bindparam("b_token"))
+        .where(sa.tuple_(E.id, E.claim_token).in_(pairs))
         .values(
             statuscode=_PENDING,
             statecode=int(State.COMPLETED),
             delivery_attempts=E.delivery_attempts - 1,
             **_unclaimed(now),
         )
-        .execution_options(synchronize_session=False),
-        params,
-    )
-    return _rowcount(result)
+        .returning(E.bulk_operation_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    tally = Tally()
+    tally.move_each(operations, Status.SENDING, Status.PENDING_SEND)
+    tally.write(session, now=now)
+    return len(operations)
 
 
 def reap(
@@ -294,7 +384,7 @@ def reap(
     out_of_tries = sa.or_(
         E.delivery_attempts >= policy.max_attempts, E.created_at <= now - policy.max_lifetime
     )
-    failed = session.execute(
+    failed = session.scalars(
         sa.update(E)
         .where(*expired, out_of_tries)
         .values(
@@ -305,15 +395,21 @@ def reap(
             + sa.literal(" attempts: the sending worker's lease expired"),
             **_unclaimed(now),
         )
+        .returning(E.bulk_operation_id)
         .execution_options(synchronize_session=False)
-    )
-    returned = session.execute(
+    ).all()
+    returned = session.scalars(
         sa.update(E)
         .where(*expired)
         .values(statuscode=_PENDING, statecode=int(State.COMPLETED), **_unclaimed(now))
+        .returning(E.bulk_operation_id)
         .execution_options(synchronize_session=False)
-    )
-    return _rowcount(failed) + _rowcount(returned)
+    ).all()
+    tally = Tally()
+    tally.move_each(failed, Status.SENDING, Status.FAILED)
+    tally.move_each(returned, Status.SENDING, Status.PENDING_SEND)
+    tally.write(session, now=now)
+    return len(failed) + len(returned)
 
 
 def _rowcount(result: sa.Result[object]) -> int:

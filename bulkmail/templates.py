@@ -18,7 +18,8 @@ class _AnyAttributes(dict[str, object]):
         return f"sample {key}"
 
 
-def _validate(subject: str, html: str, text: str | None) -> None:
+def validate(subject: str, html: str, text: str | None) -> None:
+    """The check a template passes when saved: compiles, and renders for a sample contact."""
     sample = {**rendering.SAMPLE_CONTACT, "attributes": _AnyAttributes()}
     rendering.validate(subject=subject, html=html, text=text, contact=sample)
 
@@ -36,7 +37,7 @@ def create(
     name = headers.check_name("template name", name)
     if session.scalar(sa.select(models.Template.id).where(models.Template.name == name)):
         raise errors.Conflict(f"a template named {name!r} already exists; update it instead")
-    _validate(subject, html, text)
+    validate(subject, html, text)
     template = models.Template(name=name, subject=subject, body_html=html, body_text=text)
     session.add(template)
     session.flush()
@@ -56,7 +57,7 @@ def update(
     new_subject = template.subject if subject is None else subject
     new_html = template.body_html if html is None else html
     new_text = template.body_text if text is None else (text or None)
-    _validate(new_subject, new_html, new_text)
+    validate(new_subject, new_html, new_text)
     template.subject, template.body_html, template.body_text = new_subject, new_html, new_text
     session.flush()
     return template

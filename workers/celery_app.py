@@ -13,7 +13,7 @@ from bulkmail import settings
 
 
 def make_app(config: settings.Settings) -> Celery:
-    app = Celery("bulkmail", broker=config.broker_url)
+    app = Celery("bulkmail", broker=config.broker_url, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -24,6 +24,15 @@ def make_app(config: settings.Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         task_always_eager=config.broker_url.startswith("memory://"),
         task_eager_propagates=True,
+        # PostgreSQL is the source of truth: beat only nudges it. Both tasks are cheap no-ops
+        # when there is nothing to do.
+        beat_schedule={
+            "reconcile-bulk-operations": {
+                "task": "bulkmail.reconcile",
+                "schedule": config.reconcile_interval,
+            },
+            "reap-expired-leases": {"task": "bulkmail.reap", "schedule": config.reconcile_interval},
+        },
     )
     return app
 

@@ -201,6 +201,11 @@ def test_delete_refuses_an_email_in_flight(engine: sa.Engine, sender: str) -> No
 def test_list_filters(engine: sa.Engine, sender: str) -> None:
     with db.session_scope(engine) as session:
         queue = mailboxes.add_queue(session, name="News", email="news@example.org")
+        session.add(
+            models.BulkOperation(
+                id=7, sender_queue_id=queue.id, sender_address=queue.email, query="id > 0"
+            )
+        )
     a = _create(engine, sender)
     b = _create(engine, sender, bulk_operation_id=7)
     c = _create(engine, queue.email)

@@ -1,0 +1,277 @@
+"""SendBulkMail and the bulk operations it stores: status, list, cancel, retry, reconcile.
+
+``send_bulk_mail`` validates a request before anything is stored and stores it Queued; the caller
+commits and then enqueues the operation's expansion job (``bulkmail.expansion`` does the work; the
+job lives with the workers, bulkmail knows nothing of Celery). PostgreSQL is the source of truth
+and the broker only a doorbell: ``reconcile`` finds operations whose job was lost.
+
+An operation's per-status email counters move in the same transactions as its emails, so reading
+its status is one row, however many emails it has.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from bulkmail import errors, expansion, headers, mailboxes, models, outbox, templates, wakeup
+from bulkmail import query as query_language
+from bulkmail.models import OperationStatus
+from bulkmail.status import State, Status
+
+Op = models.BulkOperation
+E = models.Email
+
+MAX_NAME_LENGTH = 200
+COUNTERS = (
+    "matched",
+    "created",
+    "skipped_opted_out",
+    "skipped_no_address",
+    "render_failures",
+    "pending",
+    "sending",
+    "sent",
+    "failed",
+    "canceled",
+)
+_CANCELABLE = (
+    OperationStatus.QUEUED.value,
+    OperationStatus.EXPANDING.value,
+    OperationStatus.SENDING.value,
+    OperationStatus.FAILED.value,
+)
+
+
+def send_bulk_mail(
+    session: orm.Session,
+    *,
+    template_name: str,
+    sender_address: str,
+    query: str,
+    name: str | None = None,
+) -> models.BulkOperation:
+    """Validate a SendBulkMail request and store it as a Queued operation.
+
+    The template must exist and render for a sample contact, the query must parse, and the
+    sender mailbox must exist and, when the organization requires approval, be approved. The
+    caller commits, then enqueues the expansion job for the returned operation's id.
+    """
+    label = _name(name)
+    template = templates.get(session, template_name)
+    try:
+        # The check a template passes when it is saved; it may have been stored before a change
+        # of the rules, or written to the database directly.
+        templates.validate(template.subject, template.body_html, template.body_text)
+    except errors.InvalidInput as error:
+        raise errors.InvalidInput(
+            f"template {template.name!r} cannot be sent: {error}; "
+            "fix it with `bulkmail templates update`"
+        ) from error
+    query_language.parse(query)
+    sender = mailboxes.find(session, sender_address)
+    reason = mailboxes.blocked_reason(session, sender)
+    if reason is not None:
+        raise errors.PermissionDenied(f"cannot send bulk mail from {sender.email}: {reason}")
+    now = models.utcnow()
+    operation = Op(
+        name=label,
+        status=OperationStatus.QUEUED.value,
+        template_id=template.id,
+        sender_user_id=sender.id if isinstance(sender, models.SystemUser) else None,
+        sender_queue_id=sender.id if isinstance(sender, models.Queue) else None,
+        sender_address=sender.email,
+        query=query,
+        **dict.fromkeys(("checkpoint", *COUNTERS), 0),
+        created_at=now,
+        progressed_at=now,
+    )
+    session.add(operation)
+    session.flush()
+    return operation
+
+
+def _name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    label = headers.check_header_value("operation name", value).strip()
+    if len(label) > MAX_NAME_LENGTH:
+        raise errors.InvalidInput(
+            f"the operation name is {len(label)} characters long; the limit is {MAX_NAME_LENGTH}"
+        )
+    return label or None
+
+
+def get(session: orm.Session, operation_id: int) -> models.BulkOperation:
+    operation = session.get(Op, operation_id, populate_existing=True)
+    if operation is None:
+        raise errors.NotFound(
+            f"bulk operation {operation_id} not found; `bulkmail bulk list` shows the ids"
+        )
+    return operation
+
+
+def list_operations(session: orm.Session, *, limit: int = 100) -> list[models.BulkOperation]:
+    """The newest operations first."""
+    if limit < 1:
+        raise errors.InvalidInput("limit must be at least 1")
+    return list(session.scalars(sa.select(Op).order_by(Op.id.desc()).limit(limit)))
+
+
+def cancel(session: orm.Session, operation_id: int) -> models.BulkOperation:
+    """Stop the operation: no new emails, its Pending Send emails Canceled; sends in flight finish.
+
+    Canceling a canceled operation again cancels emails that came back to Pending Send since
+    (a temporary failure or an expired lease of a send that was in flight).
+    """
+    now = models.utcnow()
+    stopped = session.execute(
+        sa.update(Op)
+        .where(Op.id == operation_id, Op.status.in_(_CANCELABLE))
+        .values(status=OperationStatus.CANCELED.value, completed_at=now, progressed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(stopped, "rowcount", 0) == 0:
+        current = get(session, operation_id).current_status
+        if current is not OperationStatus.CANCELED:
+            raise errors.Conflict(
+                f"bulk operation {operation_id} is {current.value}; there is nothing to cancel"
+            )
+    _cancel_pending(session, operation_id, now)
+    return get(session, operation_id)
+
+
+def _cancel_pending(session: orm.Session, operation_id: int, now: dt.datetime) -> None:
+    """Cancel the canceled operation's Pending Send emails in one UPDATE."""
+    pending = sa.select(E.id).where(
+        E.bulk_operation_id == operation_id, E.statuscode == int(Status.PENDING_SEND)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # The operation row is locked already; waiting here for an email that a poller holds
+        # (it will lock the operation next) would deadlock. Such an email is being claimed and
+        # goes out, or it comes back and the reconciler cancels it.
+        pending = pending.with_for_update(skip_locked=True, key_share=True)
+    result = session.execute(
+        sa.update(E)
+        .where(E.id.in_(pending.scalar_subquery()))
+        .values(statuscode=int(Status.CANCELED), statecode=int(State.CANCELED), modified_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    tally = outbox.Tally()
+    tally.move(
+        operation_id, Status.PENDING_SEND, Status.CANCELED, int(getattr(result, "rowcount", 0))
+    )
+    tally.write(session, now=now)
+
+
+def retry_failed(session: orm.Session, operation_id: int) -> int:
+    """Send the operation's Failed emails again; returns how many went back to Pending Send.
+
+    Emails whose rendering failed are rendered again with the template as it is now; those that
+    still fail stay Failed with the new reason. Delivery failures start over with no attempts.
+    """
+    operation = get(session, operation_id)
+    if operation.current_status is OperationStatus.CANCELED:
+        raise errors.Conflict(
+            f"bulk operation {operation_id} is canceled; send it again with `bulkmail bulk send`"
+        )
+    now = models.utcnow()
+    tally = outbox.Tally()
+    delivery = session.execute(
+        sa.update(E)
+        .where(
+            E.bulk_operation_id == operation_id,
+            E.statuscode == int(Status.FAILED),
+            sa.or_(
+                E.failure_reason.is_(None),
+                ~E.failure_reason.startswith(expansion.RENDER_FAILED, autoescape=True),
+            ),
+        )
+        .values(
+            statuscode=int(Status.PENDING_SEND),
+            statecode=int(State.COMPLETED),
+            failure_reason=None,
+            next_attempt_at=None,
+            delivery_attempts=0,
+            modified_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    resent = int(getattr(delivery, "rowcount", 0))
+    tally.move(operation_id, Status.FAILED, Status.PENDING_SEND, resent)
+    rendered = 0
+    if operation.render_failures:
+        rendered = expansion.rerender_failed(session, operation, tally)
+    tally.write(session, now=now)
+    if resent or rendered:
+        wakeup.notify(session)
+    if rendered:
+        session.execute(
+            sa.update(Op)
+            .where(Op.id == operation_id)
+            .values(render_failures=Op.render_failures - rendered, created=Op.created + rendered)
+            .execution_options(synchronize_session=False)
+        )
+    return resent + rendered
+
+
+def reconcile(
+    session: orm.Session, *, stale_after: dt.timedelta, now: dt.datetime | None = None
+) -> list[int]:
+    """The operations whose expansion job looks lost, for the caller to enqueue again.
+
+    Those are Queued or Expanding operations without progress for ``stale_after``; they count
+    as progressing from now on, so the next run waits as long again before it re-enqueues them.
+    The caller commits, then enqueues. Emails that came back to Pending Send in canceled
+    operations are canceled here too.
+    """
+    now = now or models.utcnow()
+    waiting = (OperationStatus.QUEUED.value, OperationStatus.EXPANDING.value)
+    is_stale = sa.and_(Op.status.in_(waiting), Op.progressed_at <= now - stale_after)
+    is_leftover = sa.and_(Op.status == OperationStatus.CANCELED.value, Op.pending > 0)
+    # Every operation row this touches is locked here, in id order; emails are only ever taken
+    # with SKIP LOCKED after that, so this never waits in a circle with a poller.
+    found = session.execute(
+        sa.select(Op.id, is_stale.label("stale"))
+        .where(sa.or_(is_stale, is_leftover))
+        .order_by(Op.id)
+        .with_for_update()
+    ).all()
+    stale = [row.id for row in found if row.stale]
+    if stale:
+        session.execute(
+            sa.update(Op)
+            .where(Op.id.in_(stale))
+            .values(progressed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    for row in found:
+        if not row.stale:
+            _cancel_pending(session, row.id, now)
+    return stale
+
+
+def as_dict(operation: models.BulkOperation) -> dict[str, object]:
+    """The operation as scripts see it in ``--json``."""
+
+    def stamp(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": operation.id,
+        "name": operation.name,
+        "status": operation.status,
+        "template_id": operation.template_id,
+        "sender": operation.sender_address,
+        "query": operation.query,
+        **{counter: getattr(operation, counter) for counter in COUNTERS},
+        "checkpoint": operation.checkpoint,
+        "created_at": stamp(operation.created_at),
+        "started_at": stamp(operation.started_at),
+        "expanded_at": stamp(operation.expanded_at),
+        "completed_at": stamp(operation.completed_at),
+        "progressed_at": stamp(operation.progressed_at),
+        "last_error": operation.last_error,
+    }

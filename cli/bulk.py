@@ -1,0 +1,194 @@
+"""``bulkmail bulk``: SendBulkMail operations: send, follow, cancel, retry, reconcile."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bulkmail import bulk as operations
+from bulkmail import contacts, models
+from cli import output
+from cli.app import App, json_option, pass_app
+
+LIST_COLUMNS = ["id", "name", "status", "matched", "created", "pending", "sent", "failed"]
+LIST_COLUMNS += ["canceled", "created_at"]
+POLL_SECONDS = 0.5
+
+
+@click.group()
+def bulk() -> None:
+    """Send a template to every contact a query matches, and follow such operations."""
+
+
+@bulk.command()
+@click.option("--template", "template_name", required=True, help="Name of a stored template.")
+@click.option("--sender", required=True, metavar="ADDRESS", help="A user or queue mailbox.")
+@click.option(
+    "--query",
+    "query_text",
+    required=True,
+    help="Recipient query, e.g. \"country = 'DE' and not tags contains 'churned'\".",
+)
+@click.option("--name", help="A name to recognize the operation by.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Show progress until the operation is done; Ctrl-C stops waiting, not the operation.",
+)
+@pass_app
+@click.pass_context
+def send(
+    ctx: click.Context,
+    app: App,
+    template_name: str,
+    sender: str,
+    query_text: str,
+    name: str | None,
+    wait: bool,
+) -> None:
+    """Validate and store a bulk operation, queue its expansion; prints its id."""
+    with app.session() as session:
+        operation = operations.send_bulk_mail(
+            session,
+            template_name=template_name,
+            sender_address=sender,
+            query=query_text,
+            name=name,
+        )
+    click.echo(operation.id)
+    _enqueue(operation.id)
+    if wait:
+        try:
+            _follow(app, operation.id)
+        except KeyboardInterrupt:
+            click.echo(
+                f"stopped waiting; bulk operation {operation.id} goes on "
+                f"(`bulkmail bulk status {operation.id}`)",
+                err=True,
+            )
+            ctx.exit(130)
+
+
+def _enqueue(operation_id: int) -> None:
+    # Celery is loaded by the commands that queue work only: it adds a tenth of a second to the
+    # start of every command.
+    from workers import tasks
+
+    tasks.enqueue_expansion(operation_id)
+
+
+def _follow(app: App, operation_id: int) -> None:
+    """Progress bars for expansion and delivery until the operation is done."""
+    with app.session() as session:
+        recipients = contacts.count(session, operations.get(session, operation_id).query)
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns) as progress:
+        expanding = progress.add_task("expansion", total=recipients)
+        delivering = progress.add_task("delivery", total=None)
+        while True:
+            with app.session() as session:
+                operation = operations.get(session, operation_id)
+            expanded = operation.expanded_at is not None
+            progress.update(
+                expanding,
+                completed=operation.matched,
+                total=operation.matched if expanded else max(recipients, operation.matched),
+            )
+            progress.update(
+                delivering,
+                completed=operation.sent + operation.failed + operation.canceled,
+                total=operation.created + operation.render_failures,
+            )
+            if operation.current_status.terminal:
+                break
+            time.sleep(POLL_SECONDS)
+    click.echo(_summary(operation))
+
+
+def _summary(operation: models.BulkOperation) -> str:
+    summary = (
+        f"bulk operation {operation.id} {operation.status}: {operation.sent} sent, "
+        f"{operation.failed} failed, {operation.canceled} canceled, "
+        f"{operation.skipped_opted_out + operation.skipped_no_address} skipped"
+    )
+    return f"{summary}; {operation.last_error}" if operation.last_error else summary
+
+
+@bulk.command()
+@click.argument("operation_id", type=int, metavar="ID")
+@json_option
+@pass_app
+def status(app: App, operation_id: int, as_json: bool) -> None:
+    """Status, every counter, timestamps and last error of one operation."""
+    with app.session() as session:
+        data = operations.as_dict(operations.get(session, operation_id))
+    if as_json:
+        output.emit_json(data)
+    else:
+        output.record(data, title=f"bulk operation {operation_id}")
+
+
+@bulk.command(name="list")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+@pass_app
+def list_(app: App, limit: int, as_json: bool) -> None:
+    """The newest operations first."""
+    with app.session() as session:
+        rows = [operations.as_dict(op) for op in operations.list_operations(session, limit=limit)]
+    if as_json:
+        output.emit_json(rows)
+    else:
+        output.table(rows, LIST_COLUMNS, title="bulk operations")
+
+
+@bulk.command()
+@click.argument("operation_id", type=int, metavar="ID")
+@pass_app
+def cancel(app: App, operation_id: int) -> None:
+    """No new emails; Pending Send emails become Canceled; sends in flight finish."""
+    with app.session() as session:
+        operation = operations.cancel(session, operation_id)
+    click.echo(
+        f"bulk operation {operation_id} canceled: {operation.canceled} emails canceled, "
+        f"{operation.sending} in flight"
+    )
+
+
+@bulk.command(name="retry-failed")
+@click.argument("operation_id", type=int, metavar="ID")
+@pass_app
+def retry_failed(app: App, operation_id: int) -> None:
+    """Send the operation's Failed emails again (re-rendered if rendering failed)."""
+    with app.session() as session:
+        count = operations.retry_failed(session, operation_id)
+    click.echo(f"{count} emails of bulk operation {operation_id} are Pending Send again")
+
+
+@bulk.command()
+@click.option(
+    "--stale-after",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Queue again operations without progress for this long [BULKMAIL_RECONCILE_STALE_AFTER].",
+)
+@pass_app
+def reconcile(app: App, stale_after: float | None) -> None:
+    """Queue again the operations whose expansion job was lost (a broker restart)."""
+    seconds = app.settings.reconcile_stale_after if stale_after is None else stale_after
+    with app.session() as session:
+        stale = operations.reconcile(session, stale_after=dt.timedelta(seconds=seconds))
+    for operation_id in stale:
+        _enqueue(operation_id)
+    if stale:
+        click.echo(f"queued again: {', '.join(str(i) for i in stale)}")
+    else:
+        click.echo("nothing to reconcile")

@@ -1,0 +1,95 @@
+"""A bulk operation through the installed command: send, status, list, retry-failed, cancel.
+
+The command runs with its default memory:// broker, so the expansion runs in the ``bulk send``
+process itself, as in the embedded setup.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests.acceptance.conftest import Cli
+
+# Breaks for a contact whose seats attribute is -1, and for nobody else.
+HTML = (
+    "<p>Hi {{ contact.first_name }}:"
+    " {{ 1000 // ((contact.attributes.seats | default(0) | int) + 1) }}</p>"
+)
+
+
+def status(cli: Cli, operation_id: str) -> dict[str, object]:
+    shown: dict[str, object] = json.loads(cli.ok("bulk", "status", operation_id, "--json"))
+    return shown
+
+
+def test_a_bulk_operation_from_send_to_cancel(cli: Cli) -> None:
+    cli.ok("db", "upgrade")
+    cli.ok("users", "add", "--name", "Sam Sender", "--email", "sam@example.org")
+    for n in range(3):
+        cli.ok("contacts", "add", "--email", f"c{n}@example.com", "--first-name", f"C{n}")
+    cli.ok("contacts", "add", "--email", "broken@example.com", "--attr", "seats=-1")
+    cli.ok("contacts", "add", "--email", "out@example.com", "--no-bulk-email")
+    cli.ok("contacts", "add", "--email", "other@example.org", "--first-name", "Other")
+    page = cli.cwd / "news.html"
+    page.write_text(HTML)
+    cli.ok("templates", "create", "--name", "news", "--subject", "News", "--html", str(page))
+
+    query = "email like '%@example.com'"
+    operation_id = cli.ok(
+        *("bulk", "send", "--template", "news", "--sender", "sam@example.org"),
+        *("--query", query, "--name", "Autumn"),
+    ).strip()
+    assert operation_id.isdigit()
+    shown = status(cli, operation_id)
+    assert shown["status"] == "sending"
+    assert (shown["name"], shown["query"], shown["sender"]) == ("Autumn", query, "sam@example.org")
+    counters = ("matched", "created", "skipped_opted_out", "skipped_no_address", "render_failures")
+    assert [shown[c] for c in counters] == [5, 3, 1, 0, 1]
+    by_status = ("pending", "sending", "sent", "failed", "canceled")
+    assert [shown[c] for c in by_status] == [3, 0, 0, 1, 0]
+    assert shown["expanded_at"] is not None
+    assert shown["last_error"] is None
+    assert "Autumn" in cli.ok("bulk", "status", operation_id)
+    listed = json.loads(cli.ok("bulk", "list", "--json"))
+    assert [(op["id"], op["status"]) for op in listed] == [(int(operation_id), "sending")]
+    assert "Autumn" in cli.ok("bulk", "list")
+    failed = json.loads(cli.ok("email", "list", "--status", "failed", "--json"))
+    assert [e["failure_reason"] for e in failed] == [
+        "render failed: html template line 1: integer division or modulo by zero"
+    ]
+
+    assert cli.ok("bulk", "retry-failed", operation_id).startswith("0 emails")
+    page.write_text("<p>Hi {{ contact.first_name }}</p>")
+    cli.ok("templates", "update", "news", "--html", str(page))
+    assert cli.ok("bulk", "retry-failed", operation_id).startswith("1 emails")
+    shown = status(cli, operation_id)
+    assert (shown["pending"], shown["failed"], shown["render_failures"]) == (4, 0, 0)
+
+    assert "4 emails canceled" in cli.ok("bulk", "cancel", operation_id)
+    shown = status(cli, operation_id)
+    assert (shown["status"], shown["pending"], shown["canceled"]) == ("canceled", 0, 4)
+    assert shown["completed_at"] is not None
+    assert "is canceled" in cli.refused("bulk", "retry-failed", operation_id)
+    assert cli.ok("bulk", "reconcile", "--stale-after", "0") == "nothing to reconcile\n"
+
+
+def test_bulk_commands_refuse_bad_input_in_one_line(cli: Cli) -> None:
+    cli.ok("db", "upgrade")
+    cli.ok("users", "add", "--name", "Sam Sender", "--email", "sam@example.org")
+    page = cli.cwd / "news.html"
+    page.write_text("<p>Hi</p>")
+    cli.ok("templates", "create", "--name", "news", "--subject", "News", "--html", str(page))
+    send = ("bulk", "send", "--template", "news", "--sender", "sam@example.org", "--query")
+
+    assert "query column 11: expected a value" in cli.refused(*send, "country = ")
+    assert "no template named 'old'" in cli.refused(
+        "bulk", "send", "--template", "old", "--sender", "sam@example.org", "--query", "id > 0"
+    )
+    assert "no user or queue has the address" in cli.refused(
+        "bulk", "send", "--template", "news", "--sender", "x@example.org", "--query", "id > 0"
+    )
+    cli.ok("org", "set", "--require-approval-user")
+    assert "sender mailbox not approved" in cli.refused(*send, "id > 0")
+    assert json.loads(cli.ok("bulk", "list", "--json")) == []
+    assert "bulk operation 7 not found" in cli.refused("bulk", "status", "7")
+    assert "bulk operation 7 not found" in cli.refused("bulk", "cancel", "7")

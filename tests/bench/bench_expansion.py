@@ -1,0 +1,211 @@
+"""Emails per second and peak memory of a bulk operation's expansion by a real Celery worker.
+
+Creates a fresh database next to the one named by BULKMAIL_TEST_PG (default
+postgresql://postgres@127.0.0.1:5432/postgres) with --n contacts (default 1,000,000; 2% opted out
+of bulk email), a 2 KB template (HTML and text parts, eight variables) with one 100 KB attachment,
+starts ``celery -A workers worker`` (prefork, one pool process) on a Redis database of its own,
+submits one operation to every contact, waits for the expansion, and drops the database.
+
+The rate is the emails written divided by the time from the operation's start to the end of its
+expansion, both stamped by the worker; peak RSS is the pool process's high-water mark (VmHWM).
+For reference, django-post_office's ``send_many`` renders and stores ~3,100 emails/s here.
+Run: .venv/bin/python tests/bench/bench_expansion.py [--n N] [--batch B] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+import sqlalchemy as sa
+
+from bulkmail import attachments, bulk, db, mailboxes, migrate, settings, templates
+from workers import celery_app
+
+PG_ADMIN = os.environ.get("BULKMAIL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# A database of its own: the tests use 11 (expansion faults) and 12 (the SMTP rate limit).
+BROKER = "redis://127.0.0.1:6379/14"
+CELERY = Path(sys.executable).with_name("celery")
+REFERENCE = 3_100
+SUBJECT = "{{ contact.first_name }}, your {{ contact.attributes.plan }} plan this autumn"
+PARAGRAPH = (
+    "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor"
+    " incididunt ut labore et dolore magna aliqua.</p>\n"
+)
+HTML = (
+    "<html><body><h1>Hello {{ contact.first_name }} {{ contact.last_name }}</h1>\n"
+    + PARAGRAPH * 9
+    + "<p>Your {{ contact.attributes.plan }} plan at {{ contact.company }} renews soon.</p>\n"
+    + "<p>Reference {{ email.message_id }}, sent by {{ sender.name }}.</p></body></html>\n"
+)
+TEXT = (
+    "Hello {{ contact.first_name }} {{ contact.last_name }},\n\n"
+    + "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n" * 5
+    + "Your {{ contact.attributes.plan }} plan at {{ contact.company }} renews soon.\n"
+)
+
+
+def admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+        connection.execute(sql)  # type: ignore[arg-type]
+
+
+def database_url(name: str) -> str:
+    url = sa.engine.make_url(PG_ADMIN).set(drivername="postgresql+psycopg", database=name)
+    return url.render_as_string(hide_password=False)
+
+
+def prepare(url: str, n: int) -> None:
+    engine = db.make_engine(url)
+    migrate.upgrade(engine)
+    with db.session_scope(engine) as session:
+        mailboxes.add_user(session, name="Autumn Newsletter", email="news@example.org")
+        template = templates.create(session, name="autumn", subject=SUBJECT, html=HTML, text=TEXT)
+        attachments.add(
+            session,
+            attachments.Owner(template_id=template.id),
+            file_name="catalogue.pdf",
+            data=os.urandom(100_000),
+        )
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO contacts (email, first_name, last_name, company, country, tags,"
+                " attributes, do_not_bulk_email, created_at, modified_at)"
+                " SELECT 'person' || i || '@example' || mod(i, 97) || '.com', 'First' || i,"
+                " 'Last' || mod(i, 20000), 'Company ' || mod(i, 3000), 'DE', '[\"customer\"]',"
+                " jsonb_build_object('plan', (ARRAY['free', 'pro', 'team'])[1 + mod(i, 3)]),"
+                " mod(i, 50) = 0, now(), now() FROM generate_series(1, :n) AS i"
+            ),
+            {"n": n},
+        )
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+            sa.text("VACUUM ANALYZE contacts")
+        )
+    engine.dispose()
+
+
+def start_worker(url: str, batch: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
+    env |= {
+        "BULKMAIL_DATABASE_URL": url,
+        "BULKMAIL_BROKER_URL": BROKER,
+        "BULKMAIL_EXPANSION_BATCH": str(batch),
+    }
+    command = [str(CELERY), "-A", "workers", "worker", "--pool", "prefork", "-c", "1"]
+    command += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 60
+    while b" ready." not in log.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the Celery worker did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return process
+
+
+def pool_process(worker: subprocess.Popen[bytes]) -> int:
+    children = subprocess.run(
+        ["pgrep", "-P", str(worker.pid)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(children[0])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no VmHWM for process {pid}")
+
+
+def expand(url: str, batch: int) -> dict[str, object]:
+    engine = db.make_engine(url)
+    with tempfile.TemporaryDirectory() as scratch:
+        worker = start_worker(url, batch, Path(scratch) / "worker.log")
+        try:
+            pool = pool_process(worker)
+            with db.session_scope(engine) as session:
+                operation_id = bulk.send_bulk_mail(
+                    session,
+                    template_name="autumn",
+                    sender_address="news@example.org",
+                    query="country = 'DE'",
+                ).id
+            app = celery_app.make_app(settings.Settings(database_url=url, broker_url=BROKER))
+            app.send_task("bulkmail.expand", args=[operation_id])
+            while True:
+                with db.session_scope(engine) as session:
+                    operation = bulk.get(session, operation_id)
+                if operation.expanded_at is not None or operation.last_error:
+                    break
+                if worker.poll() is not None:
+                    raise SystemExit("the Celery worker died")
+                time.sleep(0.2)
+            rss = peak_rss_mb(pool)
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+    engine.dispose()
+    if operation.last_error:
+        raise SystemExit(f"expansion failed: {operation.last_error}")
+    assert operation.started_at is not None
+    assert operation.expanded_at is not None
+    seconds = (operation.expanded_at - operation.started_at).total_seconds()
+    written = operation.created + operation.render_failures
+    rate = written / seconds
+    return {
+        "phase": "expansion",
+        "n": operation.matched,
+        "emails": written,
+        "seconds": round(seconds, 1),
+        "rate": round(rate),
+        "reference": REFERENCE,
+        "ratio": round(rate / REFERENCE, 2),
+        "peak_rss_mb": round(rss, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1_000_000, help="contacts")
+    parser.add_argument("--batch", type=int, default=settings.Settings().expansion_batch)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    redis.Redis.from_url(BROKER).flushdb()
+    name = f"bulkmail_bench_expansion_{os.getpid()}"
+    admin(f"DROP DATABASE IF EXISTS {name}")
+    admin(f"CREATE DATABASE {name}")
+    try:
+        started = time.perf_counter()
+        prepare(database_url(name), args.n)
+        if not args.json:
+            print(f"seeded {args.n:,} contacts in {time.perf_counter() - started:.1f} s")
+        result = expand(database_url(name), args.batch)
+    finally:
+        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        redis.Redis.from_url(BROKER).flushdb()
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"expanded {result['emails']:,} emails of {result['n']:,} contacts in"
+        f" {result['seconds']} s: {result['rate']:,} emails/s"
+        f" ({result['ratio']}x django-post_office's {REFERENCE:,}/s),"
+        f" worker peak RSS {result['peak_rss_mb']} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,647 @@
+"""SendBulkMail on both backends: validation, expansion, counters, cancel, retry, reconcile."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from bulkmail import (
+    attachments,
+    bulk,
+    db,
+    errors,
+    expansion,
+    mailboxes,
+    models,
+    organization,
+    outbox,
+    templates,
+)
+from bulkmail.models import OperationStatus
+from bulkmail.status import Status
+
+SENDER = "sam@example.org"
+# 1000 // (seats + 1): a contact with seats = -1 breaks it, every other contact renders.
+HTML = (
+    "<p>Hi {{ contact.first_name }},"
+    " {{ 1000 // ((contact.attributes.seats | default(0) | int) + 1) }} per seat."
+    " Email {{ email.id }} {{ email.message_id }}</p>"
+)
+TEXT = "Hi {{ contact.first_name }}"
+PDF = b"%PDF-1.4 " + bytes(range(256)) * 40
+LEASE = dt.timedelta(minutes=5)
+
+
+@pytest.fixture
+def setup(engine: sa.Engine) -> sa.Engine:
+    return seed(engine)
+
+
+def seed(engine: sa.Engine) -> sa.Engine:
+    """A sender, the template "news" with one attachment, and no contacts yet."""
+    with db.session_scope(engine) as session:
+        mailboxes.add_user(session, name="Sam Sender", email=SENDER)
+        template = templates.create(
+            session, name="news", subject="News for {{ contact.first_name }}", html=HTML, text=TEXT
+        )
+        attachments.add(
+            session, attachments.Owner(template_id=template.id), file_name="terms.pdf", data=PDF
+        )
+    return engine
+
+
+def add_contacts(engine: sa.Engine, count: int, **fields: Any) -> list[int]:
+    """Insert ``count`` contacts in one statement; returns their ids."""
+    now = models.utcnow()
+    start = _count(engine, "contacts")
+    rows = [
+        {
+            "email": f"c{start + i}@example.com",
+            "first_name": f"First{start + i}",
+            "country": "DE",
+            "tags": [],
+            "attributes": {},
+            "do_not_bulk_email": False,
+            "created_at": now,
+            "modified_at": now,
+            **fields,
+        }
+        for i in range(count)
+    ]
+    with db.session_scope(engine) as session:
+        return list(session.scalars(sa.insert(models.Contact).returning(models.Contact.id), rows))
+
+
+def submit(engine: sa.Engine, query: str = "country = 'DE'", **kwargs: Any) -> int:
+    with db.session_scope(engine) as session:
+        operation = bulk.send_bulk_mail(
+            session,
+            template_name=kwargs.pop("template_name", "news"),
+            sender_address=kwargs.pop("sender_address", SENDER),
+            query=query,
+            **kwargs,
+        )
+        return operation.id
+
+
+def expand(engine: sa.Engine, operation_id: int, batch_size: int = 7) -> OperationStatus | None:
+    return expansion.expand(engine, operation_id, batch_size=batch_size)
+
+
+def operation(engine: sa.Engine, operation_id: int) -> models.BulkOperation:
+    with db.session_scope(engine) as session:
+        return bulk.get(session, operation_id)
+
+
+def _count(engine: sa.Engine, table: str) -> int:
+    with engine.connect() as connection:
+        return int(connection.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+def emails_of(engine: sa.Engine, operation_id: int) -> list[models.Email]:
+    with db.session_scope(engine) as session:
+        return list(
+            session.scalars(
+                sa.select(models.Email)
+                .where(models.Email.bulk_operation_id == operation_id)
+                .order_by(models.Email.id)
+            )
+        )
+
+
+def assert_counters_match_the_emails(engine: sa.Engine, operation_id: int) -> None:
+    """The O(1) counters say what a COUNT(*) over the operation's emails says."""
+    with engine.connect() as connection:
+        by_status = dict(
+            connection.execute(
+                sa.select(models.Email.statuscode, sa.func.count())
+                .where(models.Email.bulk_operation_id == operation_id)
+                .group_by(models.Email.statuscode)
+            ).all()
+        )
+    op = operation(engine, operation_id)
+    counted = {
+        "pending": by_status.get(int(Status.PENDING_SEND), 0),
+        "sending": by_status.get(int(Status.SENDING), 0),
+        "sent": by_status.get(int(Status.SENT), 0),
+        "failed": by_status.get(int(Status.FAILED), 0),
+        "canceled": by_status.get(int(Status.CANCELED), 0),
+    }
+    assert {name: getattr(op, name) for name in counted} == counted
+    skipped = op.skipped_opted_out + op.skipped_no_address
+    assert op.matched == op.created + skipped + op.render_failures
+    assert sum(counted.values()) == op.created + op.render_failures
+
+
+def claim(engine: sa.Engine, limit: int = 1000, **kwargs: Any) -> list[outbox.Claimed]:
+    with db.session_scope(engine) as session:
+        return outbox.claim(session, worker="w1", limit=limit, lease=LEASE, **kwargs)
+
+
+def complete(engine: sa.Engine, claimed: list[outbox.Claimed], kind: str, **kwargs: Any) -> None:
+    with db.session_scope(engine) as session:
+        outbox.complete(
+            session,
+            [outbox.Outcome(claimed=c, kind=kind, reply=f"{kind} reply") for c in claimed],
+            **kwargs,
+        )
+
+
+# -- SendBulkMail ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"template_name": "nope"}, "no template named 'nope'"),
+        ({"query": "country = "}, "query column 11: expected a value"),
+        ({"query": "planet = 'Mars'"}, "unknown field 'planet'; known fields: company"),
+        ({"sender_address": "who@example.org"}, "no user or queue has the address"),
+        ({"name": "x" * 201}, "the limit is 200"),
+    ],
+)
+def test_send_refuses_a_bad_request_and_stores_nothing(
+    setup: sa.Engine, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(errors.BulkmailError, match=message) as refused:
+        submit(setup, **{"query": "country = 'DE'", **kwargs})
+    assert "\n" not in str(refused.value)
+    assert _count(setup, "bulk_operations") == 0
+
+
+def test_send_refuses_a_template_that_does_not_render(setup: sa.Engine) -> None:
+    with db.session_scope(setup) as session:
+        # Stored without the save-time check, as an older version might have.
+        session.add(models.Template(name="broken", subject="Hi", body_html="{{ nothing.here }}"))
+    with pytest.raises(errors.InvalidInput, match="template 'broken' cannot be sent: .*nothing"):
+        submit(setup, template_name="broken")
+    assert _count(setup, "bulk_operations") == 0
+
+
+def test_send_refuses_an_unapproved_sender_when_approval_is_required(setup: sa.Engine) -> None:
+    with db.session_scope(setup) as session:
+        organization.update(session, require_approval_user=True)
+    with pytest.raises(errors.PermissionDenied, match="cannot send bulk mail from sam@example"):
+        submit(setup)
+    assert _count(setup, "bulk_operations") == 0
+
+
+def test_send_stores_a_queued_operation(setup: sa.Engine) -> None:
+    operation_id = submit(setup, name="Autumn news")
+    op = operation(setup, operation_id)
+    assert (op.current_status, op.name, op.query, op.sender_address) == (
+        OperationStatus.QUEUED,
+        "Autumn news",
+        "country = 'DE'",
+        SENDER,
+    )
+    assert (op.matched, op.pending, op.checkpoint, op.started_at) == (0, 0, 0, None)
+    assert _count(setup, "emails") == 0
+
+
+# -- Expansion ---------------------------------------------------------------------------------
+
+
+def test_expansion_writes_one_rendered_email_per_eligible_recipient(setup: sa.Engine) -> None:
+    eligible = add_contacts(setup, 50)
+    opted_out = add_contacts(setup, 6, do_not_bulk_email=True)
+    add_contacts(setup, 4, email=None)
+    (broken,) = add_contacts(setup, 1, attributes={"seats": -1})
+    eligible += add_contacts(setup, 9)
+    add_contacts(setup, 5, country="FR")
+    blobs = _count(setup, "attachment_blobs")
+    operation_id = submit(setup)
+
+    assert expand(setup, operation_id) is OperationStatus.SENDING
+
+    op = operation(setup, operation_id)
+    assert (op.matched, op.created, op.skipped_opted_out, op.skipped_no_address) == (70, 59, 6, 4)
+    assert (op.render_failures, op.pending, op.failed) == (1, 59, 1)
+    assert op.checkpoint == eligible[-1]
+    assert op.started_at is not None
+    assert op.expanded_at is not None
+    assert op.completed_at is None
+    assert_counters_match_the_emails(setup, operation_id)
+    rows = emails_of(setup, operation_id)
+    by_contact = {row.regarding_contact_id: row for row in rows}
+    assert len(by_contact) == len(rows) == 60
+    assert set(by_contact) == {*eligible, broken}
+    assert not set(opted_out) & set(by_contact)
+    for contact_id in eligible:
+        row = by_contact[contact_id]
+        assert row.current_status is Status.PENDING_SEND
+        assert row.to_addresses == [f"c{contact_id - 1}@example.com"]
+        assert row.subject == f"News for First{contact_id - 1}"
+        assert row.body_html == (
+            f"<p>Hi First{contact_id - 1}, 1000 per seat. Email {row.id} {row.message_id}</p>"
+        )
+        assert row.body_text == f"Hi First{contact_id - 1}"
+        assert (row.from_address, row.from_name, row.template_id) == (
+            SENDER,
+            "Sam Sender",
+            op.template_id,
+        )
+        assert row.message_id.endswith("@example.org")
+    failed = by_contact[broken]
+    assert failed.current_status is Status.FAILED
+    assert failed.failure_reason == (
+        "render failed: html template line 1: integer division or modulo by zero"
+    )
+    assert len({row.message_id for row in rows}) == len({row.tracking_token for row in rows}) == 60
+    # Every rendered email carries the template's attachment, by reference: no new blob.
+    assert _count(setup, "attachment_blobs") == blobs
+    with setup.connect() as connection:
+        linked = connection.execute(
+            sa.select(models.Attachment.email_id, models.Attachment.file_name)
+            .where(models.Attachment.email_id.is_not(None))
+            .order_by(models.Attachment.email_id)
+        ).all()
+    assert linked == [(by_contact[c].id, "terms.pdf") for c in sorted(eligible)]
+
+
+def test_a_query_selects_its_recipients_and_sql_in_literals_is_only_data(
+    setup: sa.Engine,
+) -> None:
+    hostile = "'; drop table contacts; --"
+    add_contacts(setup, 20)
+    (target,) = add_contacts(setup, 1, first_name=hostile)
+    tables = sa.inspect(setup).get_table_names()
+
+    operation_id = submit(setup, f"first_name = '{hostile.replace(chr(39), chr(39) * 2)}'")
+    assert expand(setup, operation_id) is OperationStatus.SENDING
+    assert [row.regarding_contact_id for row in emails_of(setup, operation_id)] == [target]
+
+    nothing = submit(setup, "email = '''; drop table contacts; --' or company = '\";--'")
+    assert expand(setup, nothing) is OperationStatus.COMPLETED
+    op = operation(setup, nothing)
+    assert (op.matched, op.created, op.completed_at is not None) == (0, 0, True)
+    assert sa.inspect(setup).get_table_names() == tables
+    assert _count(setup, "contacts") == 21
+
+
+def test_expansion_resumes_from_its_checkpoint_after_a_crash(
+    setup: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contacts = add_contacts(setup, 40)
+    operation_id = submit(setup)
+    calls = 0
+    real_link = expansion._link_attachments
+
+    def crash_on_the_third_batch(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("worker died")
+        real_link(*args)
+
+    monkeypatch.setattr(expansion, "_link_attachments", crash_on_the_third_batch)
+    with pytest.raises(RuntimeError, match="worker died"):
+        expand(setup, operation_id, batch_size=6)
+    op = operation(setup, operation_id)
+    assert (op.current_status, op.checkpoint, op.created) == (
+        OperationStatus.EXPANDING,
+        contacts[11],
+        12,
+    )
+    assert len(emails_of(setup, operation_id)) == 12
+
+    assert expand(setup, operation_id, batch_size=6) is OperationStatus.SENDING
+    assert expand(setup, operation_id, batch_size=6) is OperationStatus.SENDING
+    rows = emails_of(setup, operation_id)
+    assert sorted(row.regarding_contact_id or 0 for row in rows) == contacts
+    assert operation(setup, operation_id).created == 40
+    assert_counters_match_the_emails(setup, operation_id)
+
+
+def test_two_expansions_at_once_write_each_recipient_once(db_url: str) -> None:
+    engine = db.make_engine(db_url, poolclass=sa.NullPool)
+    try:
+        seed(engine)
+        contacts = add_contacts(engine, 300)
+        operation_id = submit(engine)
+        barrier = threading.Barrier(3)
+        results: list[OperationStatus | None] = []
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                barrier.wait(timeout=10)
+                results.append(expand(engine, operation_id, batch_size=5))
+            except BaseException as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=run) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert failures == []
+        assert OperationStatus.SENDING in results
+        rows = emails_of(engine, operation_id)
+        assert sorted(row.regarding_contact_id or 0 for row in rows) == contacts
+        assert operation(engine, operation_id).created == 300
+        assert_counters_match_the_emails(engine, operation_id)
+    finally:
+        engine.dispose()
+
+
+def test_an_operation_whose_template_was_deleted_fails_with_the_reason(setup: sa.Engine) -> None:
+    add_contacts(setup, 3)
+    operation_id = submit(setup)
+    with db.session_scope(setup) as session:
+        templates.delete(session, "news")
+    assert expand(setup, operation_id) is OperationStatus.FAILED
+    op = operation(setup, operation_id)
+    assert op.last_error is not None
+    assert op.last_error.startswith(f"the template of bulk operation {operation_id} was deleted")
+    assert op.completed_at is not None
+    assert _count(setup, "emails") == 0
+
+
+# -- Counters follow the outbox -----------------------------------------------------------------
+
+
+def test_counters_follow_every_move_of_the_outbox_until_completed(setup: sa.Engine) -> None:
+    add_contacts(setup, 12)
+    operation_id = submit(setup)
+    expand(setup, operation_id)
+    first = claim(setup, limit=5)
+    assert_counters_match_the_emails(setup, operation_id)
+    assert operation(setup, operation_id).sending == 5
+    complete(setup, first[:2], "sent")
+    complete(setup, first[2:3], "failed")
+    complete(setup, first[3:4], "retry", policy=outbox.RetryPolicy(first_retry=dt.timedelta(0)))
+    with db.session_scope(setup) as session:
+        assert outbox.release(session, [(first[4].email.id, first[4].claim_token)]) == 1
+    assert_counters_match_the_emails(setup, operation_id)
+    assert operation(setup, operation_id).sent == 2
+
+    second = claim(setup)
+    assert len(second) == 9
+    later = models.utcnow() + LEASE + dt.timedelta(seconds=1)
+    with db.session_scope(setup) as session:
+        assert outbox.reap(session, now=later) == 9
+    assert_counters_match_the_emails(setup, operation_id)
+    third = claim(setup, now=later)
+    complete(setup, third[:1], "sent")
+    complete(setup, first[:1], "sent")  # stale: changes nothing, counts nothing
+    assert_counters_match_the_emails(setup, operation_id)
+    assert operation(setup, operation_id).current_status is OperationStatus.SENDING
+
+    complete(setup, third[1:], "sent")
+    op = operation(setup, operation_id)
+    assert (op.current_status, op.sent, op.failed, op.pending, op.sending) == (
+        OperationStatus.COMPLETED,
+        11,
+        1,
+        0,
+        0,
+    )
+    assert op.completed_at is not None
+    assert_counters_match_the_emails(setup, operation_id)
+
+
+def test_a_blocked_sender_fails_the_emails_at_claim_and_completes_the_operation(
+    setup: sa.Engine,
+) -> None:
+    add_contacts(setup, 4)
+    operation_id = submit(setup)
+    expand(setup, operation_id)
+    with db.session_scope(setup) as session:
+        organization.update(session, require_approval_user=True)
+    assert claim(setup) == []
+    op = operation(setup, operation_id)
+    assert (op.current_status, op.failed, op.pending) == (OperationStatus.COMPLETED, 4, 0)
+    assert_counters_match_the_emails(setup, operation_id)
+
+
+# -- Cancel ------------------------------------------------------------------------------------
+
+
+def test_cancel_cancels_pending_emails_and_lets_sends_in_flight_finish(setup: sa.Engine) -> None:
+    add_contacts(setup, 10)
+    operation_id = submit(setup)
+    expand(setup, operation_id)
+    in_flight = claim(setup, limit=3)
+
+    with db.session_scope(setup) as session:
+        canceled = bulk.cancel(session, operation_id)
+    assert (canceled.current_status, canceled.canceled, canceled.sending) == (
+        OperationStatus.CANCELED,
+        7,
+        3,
+    )
+    assert canceled.completed_at is not None
+    assert claim(setup) == []
+    complete(setup, in_flight, "sent")
+    op = operation(setup, operation_id)
+    assert (op.current_status, op.sent, op.canceled) == (OperationStatus.CANCELED, 3, 7)
+    assert_counters_match_the_emails(setup, operation_id)
+    with pytest.raises(errors.Conflict, match="is canceled; send it again"):
+        with db.session_scope(setup) as session:
+            bulk.retry_failed(session, operation_id)
+
+
+def test_a_canceled_operation_is_not_expanded_further(
+    setup: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_contacts(setup, 30)
+    operation_id = submit(setup)
+    real_link = expansion._link_attachments
+    calls = 0
+
+    def crash_on_the_second_batch(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("worker died")
+        real_link(*args)
+
+    monkeypatch.setattr(expansion, "_link_attachments", crash_on_the_second_batch)
+    with pytest.raises(RuntimeError):
+        expand(setup, operation_id, batch_size=10)
+    with db.session_scope(setup) as session:
+        bulk.cancel(session, operation_id)
+    assert expand(setup, operation_id, batch_size=10) is OperationStatus.CANCELED
+    rows = emails_of(setup, operation_id)
+    assert [row.current_status for row in rows] == [Status.CANCELED] * 10
+    assert_counters_match_the_emails(setup, operation_id)
+
+
+def test_cancel_during_a_batch_rolls_that_batch_back(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = db.make_engine(pg_url)
+    try:
+        seed(engine)
+        add_contacts(engine, 30)
+        operation_id = submit(engine)
+        real_copy = expansion._copy
+        calls = 0
+
+        def cancel_from_elsewhere(connection: sa.Connection, rows: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                # Another session cancels while this batch's transaction is open.
+                canceller = threading.Thread(target=lambda: _cancel(engine, operation_id))
+                canceller.start()
+                canceller.join(timeout=30)
+            real_copy(connection, rows)
+
+        monkeypatch.setattr(expansion, "_copy", cancel_from_elsewhere)
+        assert expand(engine, operation_id, batch_size=10) is OperationStatus.CANCELED
+        rows = emails_of(engine, operation_id)
+        assert [row.current_status for row in rows] == [Status.CANCELED] * 10
+        op = operation(engine, operation_id)
+        assert (op.matched, op.canceled, op.pending) == (10, 10, 0)
+        assert_counters_match_the_emails(engine, operation_id)
+    finally:
+        engine.dispose()
+
+
+def test_a_contact_deleted_after_it_was_read_is_left_out(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = db.make_engine(pg_url)
+    try:
+        seed(engine)
+        contacts = add_contacts(engine, 30)
+        operation_id = submit(engine)
+        real_copy = expansion._copy
+        calls = 0
+
+        def delete_a_recipient_first(connection: sa.Connection, rows: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                with engine.begin() as other:
+                    other.execute(sa.delete(models.Contact).where(models.Contact.id == contacts[3]))
+            real_copy(connection, rows)
+
+        monkeypatch.setattr(expansion, "_copy", delete_a_recipient_first)
+        assert expand(engine, operation_id, batch_size=10) is OperationStatus.SENDING
+        rows = emails_of(engine, operation_id)
+        assert sorted(row.regarding_contact_id or 0 for row in rows) == [
+            c for c in contacts if c != contacts[3]
+        ]
+        assert operation(engine, operation_id).matched == 29
+        assert_counters_match_the_emails(engine, operation_id)
+    finally:
+        engine.dispose()
+
+
+def _cancel(engine: sa.Engine, operation_id: int) -> None:
+    with db.session_scope(engine) as session:
+        bulk.cancel(session, operation_id)
+
+
+def test_cancel_refuses_a_completed_operation(setup: sa.Engine) -> None:
+    operation_id = submit(setup, "country = 'XX'")
+    assert expand(setup, operation_id) is OperationStatus.COMPLETED
+    with pytest.raises(errors.Conflict, match="is completed; there is nothing to cancel"):
+        _cancel(setup, operation_id)
+
+
+# -- Retry failed ------------------------------------------------------------------------------
+
+
+def test_retry_failed_resends_delivery_failures_and_rerenders_render_failures(
+    setup: sa.Engine,
+) -> None:
+    add_contacts(setup, 3)
+    (broken,) = add_contacts(setup, 1, attributes={"seats": -1})
+    operation_id = submit(setup)
+    expand(setup, operation_id)
+    claimed = claim(setup)
+    complete(setup, claimed[:1], "failed")
+    complete(setup, claimed[1:], "sent")
+    op = operation(setup, operation_id)
+    assert (op.current_status, op.failed, op.render_failures) == (OperationStatus.COMPLETED, 2, 1)
+
+    with db.session_scope(setup) as session:
+        assert bulk.retry_failed(session, operation_id) == 1  # the template still breaks
+    op = operation(setup, operation_id)
+    assert (op.current_status, op.pending, op.failed) == (OperationStatus.SENDING, 1, 1)
+    assert_counters_match_the_emails(setup, operation_id)
+
+    with db.session_scope(setup) as session:
+        templates.update(session, "news", html="<p>Dear {{ contact.first_name }}</p>")
+        assert bulk.retry_failed(session, operation_id) == 1
+    op = operation(setup, operation_id)
+    assert (op.pending, op.failed, op.render_failures, op.created) == (2, 0, 0, 4)
+    assert_counters_match_the_emails(setup, operation_id)
+    rows = {row.regarding_contact_id: row for row in emails_of(setup, operation_id)}
+    rerendered = rows[broken]
+    assert rerendered.current_status is Status.PENDING_SEND
+    assert rerendered.body_html == f"<p>Dear First{broken - 1}</p>"
+    assert rerendered.failure_reason is None
+    resent = rows[claimed[0].email.regarding_contact_id]
+    assert (resent.current_status, resent.delivery_attempts, resent.failure_reason) == (
+        Status.PENDING_SEND,
+        0,
+        None,
+    )
+    with setup.connect() as connection:
+        names = connection.scalars(
+            sa.select(models.Attachment.file_name).where(
+                models.Attachment.email_id == rerendered.id
+            )
+        ).all()
+    assert names == ["terms.pdf"]
+
+
+# -- Reconcile ---------------------------------------------------------------------------------
+
+
+def test_reconcile_returns_operations_without_progress_once_per_period(setup: sa.Engine) -> None:
+    add_contacts(setup, 3)
+    waiting = submit(setup)
+    done = submit(setup)
+    expand(setup, done)
+    later = models.utcnow() + dt.timedelta(seconds=301)
+    stale_after = dt.timedelta(seconds=300)
+    with db.session_scope(setup) as session:
+        assert bulk.reconcile(session, stale_after=stale_after) == []
+    with db.session_scope(setup) as session:
+        assert bulk.reconcile(session, stale_after=stale_after, now=later) == [waiting]
+    with db.session_scope(setup) as session:
+        assert bulk.reconcile(session, stale_after=stale_after, now=later) == []
+    assert operation(setup, waiting).progressed_at == later
+    assert expand(setup, waiting) is OperationStatus.SENDING
+
+
+def test_reconcile_cancels_emails_that_came_back_to_a_canceled_operation(
+    setup: sa.Engine,
+) -> None:
+    add_contacts(setup, 5)
+    operation_id = submit(setup)
+    expand(setup, operation_id)
+    in_flight = claim(setup, limit=2)
+    _cancel(setup, operation_id)
+    complete(setup, in_flight, "retry")
+    assert operation(setup, operation_id).pending == 2
+    with db.session_scope(setup) as session:
+        assert bulk.reconcile(session, stale_after=dt.timedelta(seconds=0)) == []
+    op = operation(setup, operation_id)
+    assert (op.pending, op.canceled) == (0, 5)
+    assert_counters_match_the_emails(setup, operation_id)
+
+
+# -- Listing -----------------------------------------------------------------------------------
+
+
+def test_list_shows_the_newest_first_and_as_dict_has_every_counter(setup: sa.Engine) -> None:
+    first, second = submit(setup, name="one"), submit(setup, name="two")
+    with db.session_scope(setup) as session:
+        listed = [op.id for op in bulk.list_operations(session)]
+        shown = bulk.as_dict(bulk.get(session, first))
+    assert listed == [second, first]
+    assert set(bulk.COUNTERS) <= set(shown)
+    assert (shown["status"], shown["name"], shown["sender"]) == ("queued", "one", SENDER)
+    with pytest.raises(errors.NotFound, match="bulk operation 999 not found"):
+        operation(setup, 999)

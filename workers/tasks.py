@@ -1,0 +1,97 @@
+"""The Celery tasks: thin wrappers around bulkmail, which does the work and holds every state.
+
+``expand`` writes a bulk operation's emails. It acknowledges late and is rejected (so delivered
+again) when its worker process dies; that is safe because expansion resumes from the stored
+checkpoint and never writes a recipient twice. Beat runs ``reconcile``, which queues again the
+operations whose message was lost, and ``reap``, which frees expired leases. Retries of mail are
+never Celery ETAs: the next attempt is a column that the pollers read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from kombu import exceptions as kombu_errors
+
+from bulkmail import bulk, db, errors, expansion, outbox, settings
+from workers import poller
+from workers.celery_app import app
+
+logger = logging.getLogger("bulkmail.tasks")
+
+
+class Task(Protocol):
+    """What callers use of a Celery task (Celery itself has no type hints)."""
+
+    name: str
+
+    def __call__(self, *args: Any) -> None: ...
+
+    def delay(self, *args: Any) -> object: ...
+
+
+def _task(name: str, **options: object) -> Callable[[Callable[..., None]], Task]:
+    decorator: Callable[[Callable[..., None]], Task] = app.task(name=name, **options)
+    return decorator
+
+
+@functools.cache
+def _engine(url: str) -> sa.Engine:
+    # One engine per process (and per forked Celery child, which calls this after the fork).
+    return db.make_engine(url)
+
+
+@_task("bulkmail.expand", acks_late=True, reject_on_worker_lost=True)
+def expand(operation_id: int) -> None:
+    """Expand one bulk operation (from its checkpoint on)."""
+    config = settings.load()
+    status = expansion.expand(
+        _engine(config.database_url),
+        operation_id,
+        batch_size=config.expansion_batch,
+        message_id_domain=config.message_id_domain or None,
+    )
+    if status is None:
+        logger.info("bulk operation %s is being expanded by another worker", operation_id)
+    else:
+        logger.info("bulk operation %s is %s", operation_id, status.value)
+
+
+@_task("bulkmail.reconcile")
+def reconcile() -> None:
+    """Queue again the bulk operations whose expansion made no progress for a while."""
+    config = settings.load()
+    with db.session_scope(_engine(config.database_url)) as session:
+        stale = bulk.reconcile(
+            session, stale_after=dt.timedelta(seconds=config.reconcile_stale_after)
+        )
+    for operation_id in stale:
+        logger.warning("bulk operation %s made no progress; queuing it again", operation_id)
+        enqueue_expansion(operation_id)
+
+
+@_task("bulkmail.reap")
+def reap() -> None:
+    """Return emails whose sending worker's lease expired to Pending Send."""
+    config = settings.load()
+    policy = poller.Config.from_settings(config).policy
+    with db.session_scope(_engine(config.database_url)) as session:
+        returned = outbox.reap(session, policy=policy)
+    if returned:
+        logger.warning("returned %s emails with expired leases", returned)
+
+
+def enqueue_expansion(operation_id: int) -> None:
+    """Ring the doorbell for a stored operation; with memory:// it expands here and now."""
+    try:
+        expand.delay(operation_id)
+    except kombu_errors.OperationalError as error:
+        raise errors.BulkmailError(
+            f"bulk operation {operation_id} is stored, but the broker cannot be reached ({error});"
+            " the reconciler queues it once the broker is back, or run `bulkmail bulk reconcile`"
+        ) from error
