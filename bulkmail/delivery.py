@@ -2,25 +2,42 @@
 
 Database work runs in a thread so the event loop keeps the SMTP connections busy meanwhile; no
 transaction is open while an SMTP command is in flight (claim commits before sending).
+
+A round never loses what the SMTP server said: when the database is unreachable at the moment
+the outcomes are written, they are written again until it is back (each write is a
+compare-and-set on the claim token, so writing twice changes nothing). A batch is only handed
+to SMTP while at least half of its lease is left: a poller that stalled after claiming (stopped,
+swapped out, throttled by the rate limit) releases the batch instead of racing the reaper.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+from sqlalchemy import exc, orm
 
-from bulkmail import compose, db, errors, mime, outbox, ratelimit, smtp, smtp_protocol
+from bulkmail import compose, errors, mime, outbox, ratelimit, smtp, smtp_protocol
 
 Item = smtp_protocol.Item[int]
+
+logger = logging.getLogger(__name__)
+
+# The driver's errors for a database that went away (or is restarting): worth waiting out.
+DATABASE_DOWN = (exc.OperationalError, exc.InterfaceError)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Options:
     worker: str
     batch: int = 500
+    completion_batch: int = 250  # outcomes written per transaction, as each part is sent
     lease: dt.timedelta = dt.timedelta(minutes=5)
     policy: outbox.RetryPolicy = field(default_factory=outbox.RetryPolicy)
 
@@ -35,6 +52,11 @@ class Round:
     failed: int = 0
     released: int = 0
     stale: int = 0
+
+    @property
+    def attempted(self) -> bool:
+        """Whether any email got an answer (or a final verdict) in this round."""
+        return bool(self.sent or self.retried or self.failed or self.stale)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,14 +73,30 @@ _KINDS = {
 }
 
 
+def summary(error: exc.SQLAlchemyError) -> str:
+    """The driver's first line about ``error``, without the SQL and parameters."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def transaction(engine: sa.Engine) -> Iterator[orm.Session]:
+    """One transaction, committed when the block ends.
+
+    Unlike ``db.session_scope`` it lets the driver's errors through as they are: the poller
+    tells a database outage (wait and retry) from anything else by them.
+    """
+    with orm.Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
 def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Prepared:
-    with db.session_scope(engine) as session:
+    with transaction(engine) as session:
         claimed = outbox.claim(
             session, worker=options.worker, limit=options.batch, lease=options.lease
         )
-    if not claimed:
-        return _Prepared(claimed={}, items=[], unbuildable=[])
-    with db.session_scope(engine) as session:
+        if not claimed:
+            return _Prepared(claimed={}, items=[], unbuildable=[])
         messages = compose.messages(session, [c.email for c in claimed])
     items: list[Item] = []
     unbuildable: list[outbox.Outcome] = []
@@ -81,33 +119,84 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
 
 def _record(
     engine: sa.Engine,
-    prepared: _Prepared,
+    claimed: list[outbox.Claimed],
+    decided: list[outbox.Outcome],
     results: list[smtp_protocol.Outcome[int]],
     options: Options,
 ) -> Round:
-    outcomes = list(prepared.unbuildable)
-    unsent: list[outbox.Claimed] = []
+    """Complete what was decided or reached the server; release the rest of ``claimed``."""
+    by_id = {entry.email.id: entry for entry in claimed}
+    outcomes = list(decided)
+    answered = {outcome.claimed.email.id for outcome in outcomes}
     for result in results:
-        entry = prepared.claimed[result.key]
         if not result.attempted:
-            unsent.append(entry)
             continue
         reply = result.detail
         if result.refused:
             refused = "; ".join(f"{rcpt}: {r.code} {r.text}".strip() for rcpt, r in result.refused)
             reply = f"{reply} (refused {refused})"
-        outcomes.append(outbox.Outcome(claimed=entry, kind=_KINDS[result.kind], reply=reply))
-    with db.session_scope(engine) as session:
+        outcomes.append(
+            outbox.Outcome(claimed=by_id[result.key], kind=_KINDS[result.kind], reply=reply)
+        )
+        answered.add(result.key)
+    unsent = [(key, entry.claim_token) for key, entry in by_id.items() if key not in answered]
+    with transaction(engine) as session:
         done = outbox.complete(session, outcomes, policy=options.policy)
-        released = outbox.release(session, [(c.email.id, c.claim_token) for c in unsent])
+        released = outbox.release(session, unsent)
     return Round(
-        claimed=len(prepared.claimed),
         sent=done.sent,
         retried=done.retried,
         failed=done.failed,
         released=released,
         stale=done.stale,
     )
+
+
+async def _record_until_done(
+    engine: sa.Engine,
+    claimed: list[outbox.Claimed],
+    decided: list[outbox.Outcome],
+    results: list[smtp_protocol.Outcome[int]],
+    options: Options,
+) -> Round:
+    delay = 0.5
+    while True:
+        try:
+            return await asyncio.to_thread(_record, engine, claimed, decided, results, options)
+        except DATABASE_DOWN as error:
+            # Dropping the outcomes would have the reaper send these messages a second time.
+            logger.warning(
+                "cannot record the outcomes of %d emails (%s); retrying in %.1f s",
+                len(claimed),
+                summary(error),
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+async def _sendable(
+    items: list[Item],
+    claimed_at: float,
+    options: Options,
+    limiter: ratelimit.RateLimiter | None,
+) -> list[Item]:
+    """The claimed items to hand to SMTP now: all, or none when that could break a rule."""
+    if not items:
+        return items
+    if limiter is not None:
+        try:
+            await limiter.acquire(len(items))
+        except ratelimit.Unavailable as error:
+            logger.warning("%s; releasing %d claimed emails", error, len(items))
+            return []
+    if time.monotonic() - claimed_at > options.lease.total_seconds() / 2:
+        logger.warning(
+            "half the lease of %d claimed emails passed before they could be sent; releasing them",
+            len(items),
+        )
+        return []
+    return items
 
 
 async def run_round(
@@ -117,11 +206,45 @@ async def run_round(
     cache: mime.PartCache,
     limiter: ratelimit.RateLimiter | None = None,
 ) -> Round:
-    """Claim, build, send and complete one batch; returns what happened to it."""
+    """Claim, build, send and complete one batch; returns what happened to it.
+
+    The batch goes to the server in parts of ``options.completion_batch`` messages, and each
+    part is recorded as soon as its replies are in, while the next parts are being sent: a
+    slow message holds back the outcomes of its own part only.
+
+    Raises one of ``DATABASE_DOWN`` when the claim cannot be made; once a batch is claimed,
+    its outcomes are written whatever it takes.
+    """
+    claimed_at = time.monotonic()
     prepared = await asyncio.to_thread(_prepare, engine, options, cache)
     if not prepared.claimed:
         return Round()
-    if limiter is not None and prepared.items:
-        await limiter.acquire(len(prepared.items))
-    results = await sender.send_batch(prepared.items) if prepared.items else []
-    return await asyncio.to_thread(_record, engine, prepared, results, options)
+    items = await _sendable(prepared.items, claimed_at, options, limiter)
+    size = options.completion_batch
+    parts = [items[start : start + size] for start in range(0, len(items), size)]
+    sending = {item.key for item in items}
+    rest = [entry for key, entry in prepared.claimed.items() if key not in sending]
+
+    async def deliver(part: list[Item]) -> Round:
+        results = await sender.send_batch(part)
+        claimed = [prepared.claimed[item.key] for item in part]
+        return await _record_until_done(engine, claimed, [], results, options)
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(deliver(part)) for part in parts]
+        if rest:
+            # Messages that cannot be built fail, a batch held too long is released: at once.
+            tasks.append(
+                group.create_task(
+                    _record_until_done(engine, rest, prepared.unbuildable, [], options)
+                )
+            )
+    done = [task.result() for task in tasks]
+    return Round(
+        claimed=len(prepared.claimed),
+        sent=sum(d.sent for d in done),
+        retried=sum(d.retried for d in done),
+        failed=sum(d.failed for d in done),
+        released=sum(d.released for d in done),
+        stale=sum(d.stale for d in done),
+    )

@@ -1,7 +1,8 @@
 """A messages-per-second cap for one SMTP server, shared by every poller on every machine.
 
 A token bucket kept in Redis and refilled on read by a Lua script, so the check-and-take is
-atomic across processes. Off unless ``BULKMAIL_SMTP_RATE_LIMIT`` is set.
+atomic across processes. Off unless ``BULKMAIL_SMTP_RATE_LIMIT`` is set. Without Redis the cap
+cannot be kept, so nothing may be sent: ``acquire`` raises ``Unavailable``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import redis
 import redis.asyncio as aioredis
+
+from bulkmail import errors
 
 # KEYS[1]: the bucket. ARGV: rate/s, capacity, wanted, now (s). Returns the tokens granted.
 _TAKE = """
@@ -25,6 +29,10 @@ redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
 redis.call('EXPIRE', KEYS[1], 3600)
 return granted
 """
+
+
+class Unavailable(errors.BulkmailError):
+    """Redis cannot be reached, so the shared rate limit cannot be kept."""
 
 
 class RateLimiter:
@@ -44,12 +52,18 @@ class RateLimiter:
             # Redis's clock would be better, but TIME inside scripts breaks replication on
             # older servers; the pollers' clocks only need to agree to within a fraction of a
             # second for the cap to hold.
-            granted = int(
-                await self._script(
-                    keys=[self._key],
-                    args=[self._rate, self._capacity, min(left, self._capacity), time.time()],
+            try:
+                granted = int(
+                    await self._script(
+                        keys=[self._key],
+                        args=[self._rate, self._capacity, min(left, self._capacity), time.time()],
+                    )
                 )
-            )
+            except redis.RedisError as error:
+                raise Unavailable(
+                    f"the shared rate limit cannot be kept: Redis is unavailable ({error}); "
+                    "check BULKMAIL_REDIS_URL"
+                ) from error
             left -= granted
             if left > 0:
                 await asyncio.sleep(min(1.0, max(0.01, min(left, self._capacity) / self._rate)))

@@ -23,15 +23,16 @@ def worker() -> None:
     type=click.IntRange(1, 10_000),
     default=500,
     show_default=True,
-    help="Emails claimed per round.",
+    help="Emails claimed per round; after a kill -9, at most 2 x this may be sent twice.",
 )
 @click.option(
     "--lease",
-    type=click.FloatRange(min=5),
+    type=click.FloatRange(min=1),
     default=300.0,
     show_default=True,
     metavar="SECONDS",
-    help="How long a claim is held before the reaper frees it.",
+    help="How long a claim is held before the reaper frees it; keep it above the time the "
+    "SMTP server may take for a batch.",
 )
 @click.option("--exit-when-idle", is_flag=True, help="Exit once no email is due.")
 @click.option(

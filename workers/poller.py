@@ -5,6 +5,14 @@
 SIGTERM/SIGINT stop the claiming; rounds in flight finish and are recorded; the process exits 0
 within the grace period. Anything still claimed after the grace period stays Sending until its
 lease expires and the reaper returns it: releasing it could send a message twice.
+
+A database outage or an SMTP server that takes no connections is waited out with a backoff from
+1 s to 30 s, never a crash or a busy loop. Outcomes that arrived during a database outage are
+written once it is back.
+
+Duplicates: a message is sent twice only when the server accepted it and the poller died (or
+was stopped past its lease) before the outcome was committed. Those are the messages of the
+rounds in flight, so a poller killed with ``kill -9`` causes at most ``rounds x batch``.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
@@ -47,6 +55,7 @@ class Config:
     policy: outbox.RetryPolicy
     connections: int | None = None  # SMTP connections; None keeps the URL's (default 8)
     batch: int = 500
+    completion_batch: int = 250  # outcomes written per transaction (delivery.Options)
     lease: dt.timedelta = dt.timedelta(minutes=5)
     rounds: int = 2  # rounds in flight: one's database work overlaps another's SMTP traffic
     exit_when_idle: bool = False
@@ -87,8 +96,17 @@ class Poller:
         )
         self.engine = db.make_engine(config.database_url, pool_size=config.rounds + 2)
         self.totals = {"sent": 0, "retried": 0, "failed": 0}
+        batch = config.batch
+        if config.rate_limit:
+            # A batch must go out well within its lease even at the shared rate.
+            lease = config.lease.total_seconds()
+            batch = min(batch, max(1, int(config.rate_limit * lease / 4)))
         self.options = delivery.Options(
-            worker=self.identity.id, batch=config.batch, lease=config.lease, policy=config.policy
+            worker=self.identity.id,
+            batch=batch,
+            completion_batch=config.completion_batch,
+            lease=config.lease,
+            policy=config.policy,
         )
         self.stopping = asyncio.Event()
         self._cache = mime.PartCache()
@@ -105,9 +123,9 @@ class Poller:
         smtp_settings = smtp_protocol.parse_url(self.config.smtp_url)
         if self.config.connections is not None:
             smtp_settings = replace(smtp_settings, connections=self.config.connections)
-        limiter = await self._limiter()
         try:
             async with (
+                self._limiter() as limiter,
                 smtp.Sender(smtp_settings) as sender,
                 wakeup.listener(self.config.database_url) as woken,
                 asyncio.TaskGroup() as group,
@@ -130,20 +148,20 @@ class Poller:
     async def _send_loop(
         self, sender: smtp.Sender, woken: asyncio.Event, limiter: ratelimit.RateLimiter | None
     ) -> None:
-        backoff = 1.0
+        backoff = _Backoff()
         while not self.stopping.is_set():
+            # Before the claim, not after: a NOTIFY that arrives while it runs must still wake
+            # this loop once the claim comes back empty.
+            woken.clear()
             try:
                 done = await delivery.run_round(
                     self.engine, sender, self.options, self._cache, limiter
                 )
-            except (exc.OperationalError, exc.InterfaceError) as error:
+            except delivery.DATABASE_DOWN as error:
                 # The database went away: wait and try again rather than crash-looping.
-                first = str(error.orig or error).strip().splitlines()[0]
-                logger.warning("database unavailable (%s); retrying in %.0f s", first, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                why = f"database unavailable ({delivery.summary(error)})"
+                await self._sleep(backoff.next(why))
                 continue
-            backoff = 1.0
             for key in self.totals:
                 self.totals[key] += getattr(done, key)
             if done.claimed:
@@ -156,11 +174,17 @@ class Poller:
                     done.released,
                     done.stale,
                 )
+            if done.claimed and not done.attempted:
+                # Nothing could be sent (no SMTP session, no rate limiter): claiming again at
+                # once would only spin.
+                await self._sleep(backoff.next("no email could be sent"))
+                continue
+            backoff.reset()
+            if done.claimed:
                 continue
             if self.config.exit_when_idle:
                 self.stop()
                 break
-            woken.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.poll_interval):
                     await _first(woken.wait(), self.stopping.wait())
@@ -171,39 +195,64 @@ class Poller:
                 await self.stopping.wait()
 
     async def _every(self, seconds: float, chore: Callable[[], None]) -> None:
+        name = getattr(chore, "__name__", "chore").strip("_")
         while True:
             try:
                 await asyncio.to_thread(chore)
+            except delivery.DATABASE_DOWN as error:
+                why = delivery.summary(error)
+                logger.warning("%s skipped: database unavailable (%s)", name, why)
             except exc.SQLAlchemyError as error:
-                logger.warning("%s failed: %s", getattr(chore, "__name__", "chore"), error)
+                logger.warning("%s failed: %s", name, delivery.summary(error))
             await asyncio.sleep(seconds)
 
     def _beat(self) -> None:
-        with db.session_scope(self.engine) as session:
+        with delivery.transaction(self.engine) as session:
             heartbeats.beat(session, self.identity, **self.totals)
 
     def _reap(self) -> None:
-        with db.session_scope(self.engine) as session:
+        with delivery.transaction(self.engine) as session:
             returned = outbox.reap(session, policy=self.config.policy)
         if returned:
             logger.info("reaper returned %d emails whose lease expired", returned)
 
     async def _final_beat(self) -> None:
         def final() -> None:
-            with db.session_scope(self.engine) as session:
+            with delivery.transaction(self.engine) as session:
                 heartbeats.beat(session, self.identity, **self.totals)
                 heartbeats.stopped(session, self.identity.id)
 
         with contextlib.suppress(exc.SQLAlchemyError):
             await asyncio.to_thread(final)
 
-    async def _limiter(self) -> ratelimit.RateLimiter | None:
+    @contextlib.asynccontextmanager
+    async def _limiter(self) -> AsyncIterator[ratelimit.RateLimiter | None]:
         if not self.config.rate_limit:
-            return None
+            yield None
+            return
         client = aioredis.Redis.from_url(self.config.redis_url)
         smtp_settings = smtp_protocol.parse_url(self.config.smtp_url)
         key = f"bulkmail:ratelimit:{smtp_settings.host}:{smtp_settings.port}"
-        return ratelimit.RateLimiter(client, rate=self.config.rate_limit, key=key)
+        try:
+            yield ratelimit.RateLimiter(client, rate=self.config.rate_limit, key=key)
+        finally:
+            await client.aclose()
+
+
+class _Backoff:
+    """Waits that double from 1 s to 30 s while an outage lasts."""
+
+    def __init__(self) -> None:
+        self._delay = 1.0
+
+    def next(self, why: str) -> float:
+        delay = self._delay
+        logger.warning("%s; trying again in %.0f s", why, delay)
+        self._delay = min(delay * 2, 30.0)
+        return delay
+
+    def reset(self) -> None:
+        self._delay = 1.0
 
 
 async def _first(*waits: Coroutine[object, object, object]) -> None:
@@ -218,7 +267,17 @@ async def _first(*waits: Coroutine[object, object, object]) -> None:
 
 def run(config: Config) -> None:
     """Run a poller until told to stop (or, with ``exit_when_idle``, until nothing is due)."""
-    asyncio.run(_main(Poller(config), config.grace))
+    poller = Poller(config)
+    try:
+        asyncio.run(_main(poller, config.grace))
+    except ExceptionGroup as group:
+        # One clear error for the command line, not the tree of tasks it brought down.
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        if isinstance(error, exc.DBAPIError):
+            error = db.translate(error, poller.engine)
+        raise error from group
 
 
 async def _main(poller: Poller, grace: float) -> None:

@@ -1,0 +1,264 @@
+"""Send rate of the pollers (`bulkmail worker poller`) against Postfix's smtp-sink, next to
+smtp-source's rate against the same sink in the same run.
+
+Not a test (pytest does not collect it). Run it from the repository root::
+
+    .venv/bin/python tests/bench/bench_send.py                 # 100,000 emails of 2 KB
+    .venv/bin/python tests/bench/bench_send.py --n 20000 --pollers 2 --json
+
+It starts ``smtp-sink`` on a free loopback port, creates a fresh PostgreSQL database next to the
+one named by BULKMAIL_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres), writes
+N Pending Send emails with COPY, runs the pollers with ``--exit-when-idle`` as subprocesses and
+times them from start to every email Sent (counted in the database), then times
+``smtp-source -s 4 -d -l 2000 -m N`` against the same sink, and drops the database. The target
+is a ratio of at least 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import sqlalchemy as sa
+
+from bulkmail import db, migrate, models
+from bulkmail.status import State, Status
+
+PG_ADMIN = os.environ.get("BULKMAIL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+BULKMAIL = Path(sys.executable).with_name("bulkmail")
+LINE = "The quick brown fox jumps over the lazy dog, again and again and again.\n"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        raise SystemExit(f"{name} is not installed; apt-get install postfix provides it")
+    return path
+
+
+@contextlib.contextmanager
+def smtp_sink(port: int) -> Iterator[None]:
+    # smtp-sink refuses to run as root unless told which user to become.
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    process = subprocess.Popen(
+        [tool("smtp-sink"), *user, f"127.0.0.1:{port}", "5000"], stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("smtp-sink did not start listening") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql)
+
+
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    name = f"bulkmail_bench_send_{os.getpid()}"
+    admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin(f"CREATE DATABASE {name}")
+    try:
+        url = sa.engine.make_url(PG_ADMIN).set(drivername="postgresql+psycopg", database=name)
+        rendered = url.render_as_string(hide_password=False)
+        engine = db.make_engine(rendered, poolclass=sa.NullPool)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield rendered
+    finally:
+        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def insert_pending(url: str, n: int, size: int) -> None:
+    """N Pending Send emails of about ``size`` bytes each, written with COPY."""
+    libpq = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(False)
+    now = models.utcnow()
+    body = (LINE * (size // len(LINE) + 1))[: max(size - 400, 0)]
+    columns = (
+        "statecode, statuscode, direction, sender_user_id, from_address, from_name, "
+        "to_addresses, cc_addresses, bcc_addresses, subject, body_text, priority, "
+        "delivery_attempts, message_id, tracking_token, created_at, modified_at"
+    )
+    with psycopg.connect(libpq) as conn:
+        sender = conn.execute(
+            "INSERT INTO system_users (name, email, approval_status, privileges, created_at)"
+            " VALUES ('Bench', 'bench@example.org', 1, '[]', now()) RETURNING id"
+        ).fetchone()
+        assert sender is not None
+        with conn.cursor().copy(f"COPY emails ({columns}) FROM STDIN") as copy:
+            for i in range(n):
+                copy.write_row(
+                    (
+                        int(State.COMPLETED),
+                        int(Status.PENDING_SEND),
+                        1,
+                        sender[0],
+                        "bench@example.org",
+                        "Bench Sender",
+                        f'["rcpt{i}@example.com"]',
+                        "[]",
+                        "[]",
+                        f"Benchmark message {i}",
+                        body,
+                        1,
+                        0,
+                        f"{uuid.uuid4().hex}@example.org",
+                        uuid.uuid4(),
+                        now,
+                        now,
+                    )
+                )
+        conn.execute("ANALYZE emails")
+
+
+def count_sent(url: str) -> int:
+    libpq = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM emails WHERE statuscode = %s", (int(Status.SENT),)
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+class PeakRss:
+    """Samples VmHWM (the kernel's peak resident set) of running processes until stopped."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.peaks = dict.fromkeys(pids, 0)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            for pid in self.peaks:
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            kib = int(line.split()[1])
+                            self.peaks[pid] = max(self.peaks[pid], kib)
+
+    def stop(self) -> dict[int, float]:
+        self._done.set()
+        self._thread.join()
+        return {pid: kib / 1024 for pid, kib in self.peaks.items()}
+
+
+def run_pollers(url: str, port: int, args: argparse.Namespace) -> tuple[float, dict[int, float]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
+    env["BULKMAIL_DATABASE_URL"] = url
+    env["BULKMAIL_SMTP_URL"] = f"smtp://127.0.0.1:{port}"
+    command = [str(BULKMAIL), "worker", "poller", "--exit-when-idle", "--log-level", "warning"]
+    command += ["--batch", str(args.batch)] if args.batch else []
+    command += ["--concurrency", str(args.concurrency)] if args.concurrency else []
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as logs:
+        processes = [
+            subprocess.Popen(command, env=env, stdout=logs, stderr=subprocess.STDOUT)
+            for _ in range(args.pollers)
+        ]
+        sampler = PeakRss([p.pid for p in processes])
+        for process in processes:
+            process.wait()
+        seconds = time.perf_counter() - started
+        peaks = sampler.stop()
+        # The kernel's own maximum over the reaped pollers (the only children waited for so
+        # far) covers growth in the last moments between two samples.
+        children_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if len(processes) == 1:
+            peaks[processes[0].pid] = max(peaks[processes[0].pid], children_kib / 1024)
+        if any(process.returncode for process in processes):
+            logs.seek(0)
+            output = logs.read().decode(errors="replace")
+            raise SystemExit(f"a poller failed:\n{output[-5000:]}")
+    return seconds, peaks
+
+
+def smtp_source(port: int, n: int, size: int, sessions: int) -> float:
+    started = time.perf_counter()
+    command = [tool("smtp-source"), "-s", str(sessions), "-d", "-l", str(size), "-m", str(n)]
+    subprocess.run(
+        [*command, f"127.0.0.1:{port}"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="emails to send")
+    parser.add_argument("--size", type=int, default=2000, help="approximate message size")
+    parser.add_argument("--pollers", type=int, default=1, help="poller processes")
+    parser.add_argument("--batch", type=int, help="--batch of each poller [its default]")
+    parser.add_argument("--concurrency", type=int, help="SMTP connections per poller")
+    parser.add_argument("--sessions", type=int, default=4, help="smtp-source sessions")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    tool("smtp-source")
+
+    port = free_port()
+    with smtp_sink(port), fresh_database() as url:
+        started = time.perf_counter()
+        insert_pending(url, args.n, args.size)
+        inserted = time.perf_counter() - started
+        seconds, peaks = run_pollers(url, port, args)
+        sent = count_sent(url)
+        if sent != args.n:
+            raise SystemExit(f"only {sent:,} of {args.n:,} emails are Sent")
+        reference_seconds = smtp_source(port, args.n, args.size, args.sessions)
+    rate, reference = args.n / seconds, args.n / reference_seconds
+    result = {
+        "phase": "send",
+        "n": args.n,
+        "rate": round(rate),
+        "reference": round(reference),
+        "ratio": round(rate / reference, 3),
+        "peak_rss_mb": round(max(peaks.values()), 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"inserted  {args.n:,} Pending Send emails in {inserted:.1f} s")
+    print(f"pollers   {args.pollers} x bulkmail worker poller: {rate:,.0f} msg/s ({seconds:.1f} s)")
+    print(f"reference smtp-source -s {args.sessions} -d -l {args.size}: {reference:,.0f} msg/s")
+    print(f"ratio     {rate / reference:.2f} (target >= 0.5)")
+    for pid, peak in peaks.items():
+        print(f"peak RSS  poller pid {pid}: {peak:,.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+"""The poller process under faults: kill -9, SIGSTOP past the lease, SIGTERM, smtp-sink's fault
+flags, a PostgreSQL restart, and two pollers at once.
+
+Pollers run as users run them: ``bulkmail worker poller`` subprocesses against a fresh
+PostgreSQL database, sending to a server that keeps a ledger by Message-ID (aiosmtpd in a
+thread of this process, or Postfix's smtp-sink dumping every message to a file). Leases of 2 s
+and a reaper every 0.3 s keep each scenario to seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from bulkmail import db, models, wakeup
+from bulkmail.status import Status
+from tests import conftest, mailserver, services
+
+BULKMAIL = Path(sys.executable).with_name("bulkmail")
+BATCH = 50
+ROUNDS = 2  # rounds in flight per poller (workers.poller.Config.rounds)
+LEASE = 2.0
+GRACE = 10.0
+FAST = [
+    *("--batch", str(BATCH), "--lease", str(LEASE), "--grace", str(GRACE)),
+    *("--reap-interval", "0.3", "--poll-interval", "0.2"),
+]
+
+
+class Poller:
+    """A ``bulkmail worker poller`` subprocess and its log."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log_path = log
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, number: signal.Signals) -> None:
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the poller did not exit within {timeout} s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> int:
+        """SIGTERM, then its exit code (it must exit within the grace period and a little)."""
+        self.signal(signal.SIGTERM)
+        return self.wait(GRACE + 5)
+
+
+StartPoller = Callable[..., Poller]
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[sa.Engine]:
+    engine = db.make_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def start_poller(pg_url: str, tmp_path: Path) -> Iterator[StartPoller]:
+    if not BULKMAIL.exists():
+        pytest.fail(f"{BULKMAIL} is missing; install the project with `make test`")
+    started: list[Poller] = []
+
+    def start(smtp_url: str, *args: str, **env: str) -> Poller:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
+        environment |= {"BULKMAIL_DATABASE_URL": pg_url, "BULKMAIL_SMTP_URL": smtp_url, **env}
+        log = tmp_path / f"poller-{len(started)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [str(BULKMAIL), "worker", "poller", *args],
+                env=environment,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        poller = Poller(process, log)
+        started.append(poller)
+        return poller
+
+    yield start
+    for poller in started:
+        if poller.process.poll() is None:
+            poller.signal(signal.SIGCONT)
+            poller.process.kill()
+            poller.process.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, *pollers: Poller) -> None:
+    """Wait for ``condition``; fail at the deadline, or as soon as one of ``pollers`` exits."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        exited = [p for p in pollers if p.process.poll() is not None]
+        if exited or time.monotonic() > deadline:
+            why = "a poller exited" if exited else f"not within {timeout} s"
+            logs = "\n".join(f"--- poller {p.process.pid}:\n{p.log()[-3000:]}" for p in pollers)
+            pytest.fail(f"{what}: {why}\n{logs}")
+        time.sleep(0.05)
+
+
+def count(engine: sa.Engine, status: Status) -> int:
+    return mailserver.statuses(engine)[status]
+
+
+def message_ids(engine: sa.Engine, status: Status | None = None) -> set[str]:
+    query = sa.select(models.Email.message_id)
+    if status is not None:
+        query = query.where(models.Email.statuscode == int(status))
+    with engine.connect() as connection:
+        return set(connection.scalars(query))
+
+
+def heartbeat_totals(engine: sa.Engine) -> dict[int, int]:
+    """Emails each poller process (by pid) reported as sent."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(models.WorkerHeartbeat.pid, models.WorkerHeartbeat.sent)
+        ).all()
+    return {int(pid): int(sent) for pid, sent in rows}
+
+
+def test_kill_9_mid_batch_loses_nothing_and_duplicates_only_what_was_in_flight(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    sender = mailserver.add_sender(engine)
+    mailserver.insert_pending(engine, sender, 3000)
+    ledger = mailserver.Ledger(delay=0.002)
+    with mailserver.serving(ledger) as port:
+        url = f"smtp://127.0.0.1:{port}"
+        first = start_poller(url, *FAST)
+        wait_until(
+            lambda: ledger.count() >= 600 and count(engine, Status.SENDING) > 0,
+            30,
+            "the first poller sends",
+            first,
+        )
+        first.process.kill()
+        first.process.wait()
+        claimed_when_killed = message_ids(engine, Status.SENDING)
+        assert claimed_when_killed, "the kill landed between batches; nothing was at stake"
+
+        second = start_poller(url, *FAST)
+        wait_until(lambda: count(engine, Status.SENT) == 3000, 30, "all sent", second)
+        assert second.stop() == 0
+
+    received = ledger.received()
+    assert set(received) == message_ids(engine)
+    duplicates = {message_id: n - 1 for message_id, n in received.items() if n > 1}
+    # Only messages the killed poller had claimed can arrive twice: those whose SMTP
+    # transaction it finished but whose completion it had not committed.
+    assert set(duplicates) <= claimed_when_killed
+    assert sum(duplicates.values()) <= ROUNDS * BATCH
+
+
+def test_a_poller_stopped_past_its_lease_changes_nothing_when_it_resumes(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    sender = mailserver.add_sender(engine)
+    recipients = [["held@example.com"]] + [[f"r{i}@example.com"] for i in range(1, 1000)]
+    mailserver.insert_pending(engine, sender, 1000, recipients=recipients)
+    ledger = mailserver.Ledger()
+    ledger.hold = {"held@example.com"}
+    with mailserver.serving(ledger) as port:
+        url = f"smtp://127.0.0.1:{port}"
+        first = start_poller(url, *FAST)
+        # The first poller is now inside a batch: the server sits on one of its RCPTs.
+        assert ledger.held.wait(20), first.log()
+        first.signal(signal.SIGSTOP)
+        claimed_when_stopped = message_ids(engine, Status.SENDING)
+        assert claimed_when_stopped
+
+        second = start_poller(url, *FAST)
+        wait_until(lambda: count(engine, Status.SENT) == 1000, 30, "all sent", second)
+        resumed = time.monotonic()
+        first.signal(signal.SIGCONT)
+        ledger.release()
+        stale = re.compile(r"sent 0, retry 0, failed 0, released 0, stale [1-9]")
+        wait_until(lambda: bool(stale.search(first.log())), 20, "a stale completion", first)
+        assert first.stop() == 0
+        assert second.stop() == 0
+
+    rows = mailserver.emails(engine)
+    assert {row.current_status for row in rows} == {Status.SENT}
+    late = {d.queue_id: d.message_id for d in ledger.deliveries() if d.at > resumed}
+    # The resumed poller did finish its transaction with the server: the held message arrived
+    # a second time. Its completion must not have touched the row the other poller completed.
+    assert "held@example.com" in {
+        d.recipients[0] for d in ledger.deliveries() if d.queue_id in late
+    }
+    for row in rows:
+        assert row.last_smtp_reply is not None
+        queue_id = int(row.last_smtp_reply.rsplit(" ", 1)[1])
+        assert queue_id not in late, f"{row.message_id} was completed by the stale poller"
+        assert row.delivery_attempts == (2 if row.message_id in claimed_when_stopped else 1)
+    assert set(ledger.received()) == {row.message_id for row in rows}
+
+
+def test_sigterm_finishes_the_rounds_in_flight_and_exits_0_within_the_grace_period(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    sender = mailserver.add_sender(engine)
+    mailserver.insert_pending(engine, sender, 3000)
+    ledger = mailserver.Ledger(delay=0.004)
+    with mailserver.serving(ledger) as port:
+        url = f"smtp://127.0.0.1:{port}"
+        poller = start_poller(url, *FAST)
+        wait_until(lambda: ledger.count() >= 300, 30, "sending", poller)
+        poller.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert poller.wait(GRACE + 5) == 0, poller.log()
+        assert time.monotonic() - signalled < GRACE
+        assert count(engine, Status.SENDING) == 0, "claims left behind"
+        assert count(engine, Status.PENDING_SEND) > 0, "the poller finished before SIGTERM"
+        assert set(ledger.received()) == message_ids(engine, Status.SENT)
+
+        rest = start_poller(url, *FAST, "--exit-when-idle")
+        assert rest.wait(30) == 0, rest.log()
+
+    assert count(engine, Status.SENT) == 3000
+    received = ledger.received()
+    assert set(received) == message_ids(engine)
+    assert set(received.values()) == {1}
+
+
+def test_sigterm_with_a_stuck_server_exits_0_when_the_grace_period_ends(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    sender = mailserver.add_sender(engine)
+    recipients = [["stuck@example.com"]] + [[f"r{i}@example.com"] for i in range(1, 200)]
+    (stuck, *_) = mailserver.insert_pending(engine, sender, 200, recipients=recipients)
+    ledger = mailserver.Ledger()
+    ledger.hang = {"stuck@example.com"}
+    with mailserver.serving(ledger) as port:
+        url = f"smtp://127.0.0.1:{port}"
+        poller = start_poller(url, *FAST, "--grace", "1", "--lease", "30")
+        wait_until(lambda: ledger.count() >= 199, 30, "the healthy share sent", poller)
+        poller.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert poller.wait(10) == 0, poller.log()
+        assert time.monotonic() - signalled < 1 + 2
+    # The stuck message may have reached the server: it stays claimed until its lease ends
+    # rather than being released to be sent again at once. So do the messages of its batch,
+    # whose outcomes were not written when the grace period ended.
+    (row,) = mailserver.emails(engine, [stuck])
+    assert row.current_status is Status.SENDING
+    assert row.lease_expires_at is not None
+    counts = mailserver.statuses(engine)
+    assert counts[Status.SENDING] <= BATCH
+    assert counts[Status.SENT] + counts[Status.SENDING] == 200
+
+
+def test_an_smtp_server_that_is_down_is_waited_for_without_spinning(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    sender = mailserver.add_sender(engine)
+    ids = mailserver.insert_pending(engine, sender, 100)
+    port = mailserver.free_port()
+    poller = start_poller(f"smtp://127.0.0.1:{port}", *FAST)
+    wait_until(lambda: "no email could be sent" in poller.log(), 15, "a backoff", poller)
+    time.sleep(2)
+    # Two rounds in flight, each waiting 1 s, then 2 s: a handful of tries, not hundreds.
+    assert poller.log().count("no email could be sent") <= 6
+    assert count(engine, Status.PENDING_SEND) == 100
+    ledger = mailserver.Ledger()
+    with mailserver.serving(ledger, port=port):
+        wait_until(lambda: count(engine, Status.SENT) == 100, 30, "all sent", poller)
+        assert poller.stop() == 0
+    assert {row.delivery_attempts for row in mailserver.emails(engine, ids)} == {1}
+    assert sorted(ledger.received().values()) == [1] * 100
+
+
+RETRY = Status.PENDING_SEND
+SLOW = "mail_timeout=0.5&rcpt_timeout=0.5&data_timeout=0.5"
+SINK_FAULTS = [
+    (["-r", "RCPT"], "", RETRY, "450 4.3.0 Error: command failed"),
+    (["-r", "DATA"], "", RETRY, "450 4.3.0 Error: command failed"),
+    (["-f", "RCPT"], "", Status.FAILED, "500 5.3.0 Error: command failed"),
+    (["-f", "."], "", Status.FAILED, "500 5.3.0 Error: command failed"),
+    (["-q", "."], "", RETRY, "closed the connection instead of answering the end of data"),
+    (["-Q", "MAIL"], "", RETRY, "is closing the connection: 421 4.0.0 Server closing connection"),
+    (["-w", "3"], SLOW, RETRY, "no reply to MAIL FROM from 127.0.0.1 within 0.5 s"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "query", "status", "reply"), SINK_FAULTS, ids=[" ".join(f[0]) for f in SINK_FAULTS]
+)
+def test_smtp_sink_faults_retry_or_fail_each_email(
+    engine: sa.Engine,
+    start_poller: StartPoller,
+    flags: list[str],
+    query: str,
+    status: Status,
+    reply: str,
+) -> None:
+    sender = mailserver.add_sender(engine)
+    ids = mailserver.insert_pending(engine, sender, 40)
+    started = models.utcnow()
+    with mailserver.smtp_sink(*flags) as sink:
+        url = f"smtp://127.0.0.1:{sink.port}?{query}"
+        # A lease longer than the slowest batch here: no takeover muddles the outcomes.
+        poller = start_poller(url, *FAST, "--lease", "30", "--exit-when-idle")
+        assert poller.wait(30) == 0, poller.log()
+        received = sink.received()
+    for row in mailserver.emails(engine, ids):
+        assert row.current_status is status
+        assert row.delivery_attempts == 1
+        assert row.last_smtp_reply is not None
+        assert reply in row.last_smtp_reply
+        assert row.claim_token is None
+        if status is RETRY:
+            assert row.next_attempt_at is not None
+            wait = row.next_attempt_at - started
+            assert dt.timedelta(seconds=59) < wait < dt.timedelta(seconds=90)
+        else:
+            assert row.failure_reason == row.last_smtp_reply
+    if "." not in flags:
+        assert not received, "a refused message reached the sink"
+
+
+def test_temporary_failures_are_retried_until_the_attempts_run_out(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    sender = mailserver.add_sender(engine)
+    ids = mailserver.insert_pending(engine, sender, 50)
+    with mailserver.smtp_sink("-r", "RCPT") as sink:
+        poller = start_poller(
+            f"smtp://127.0.0.1:{sink.port}",
+            *FAST,
+            BULKMAIL_RETRY_FIRST_SECONDS="0.05",
+            BULKMAIL_MAX_ATTEMPTS="3",
+        )
+        wait_until(lambda: count(engine, Status.FAILED) == 50, 20, "all failed", poller)
+        assert poller.stop() == 0
+    for row in mailserver.emails(engine, ids):
+        assert row.delivery_attempts == 3
+        assert row.failure_reason == "gave up after 3 attempts: 450 4.3.0 Error: command failed"
+
+
+def test_messages_that_time_out_are_retried_and_the_rest_keep_flowing(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    sender = mailserver.add_sender(engine)
+    recipients = [
+        [f"slow{i}@example.com" if i % 20 == 0 else f"r{i}@example.com"] for i in range(400)
+    ]
+    ids = mailserver.insert_pending(engine, sender, 400, recipients=recipients)
+    ledger = mailserver.Ledger()
+    ledger.hang = {address for (address,) in recipients if address.startswith("slow")}
+    with mailserver.serving(ledger) as port:
+        url = f"smtp://127.0.0.1:{port}?{SLOW}"
+        poller = start_poller(url, *FAST, "--lease", "30", "--exit-when-idle")
+        assert poller.wait(30) == 0, poller.log()
+    rows = mailserver.emails(engine, ids)
+    slow = [row for row in rows if row.to_addresses[0] in ledger.hang]
+    healthy = [row for row in rows if row.to_addresses[0] not in ledger.hang]
+    assert len(slow) == 20
+    for row in slow:
+        assert (row.current_status, row.delivery_attempts) == (Status.PENDING_SEND, 1)
+        assert row.last_smtp_reply is not None
+        assert "no reply to" in row.last_smtp_reply
+    assert {row.current_status for row in healthy} == {Status.SENT}
+    received = ledger.received()
+    assert set(received) == {row.message_id for row in healthy}
+    assert set(received.values()) == {1}
+
+
+def test_a_notify_wakes_an_idle_poller_long_before_its_next_poll(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    sender = mailserver.add_sender(engine)
+    ledger = mailserver.Ledger()
+    with mailserver.serving(ledger) as port:
+        poller = start_poller(f"smtp://127.0.0.1:{port}", *FAST, "--poll-interval", "60")
+        wait_until(lambda: bool(heartbeat_totals(engine)), 15, "the poller is up", poller)
+        time.sleep(0.5)  # past its first look at the outbox: now it waits
+        mailserver.insert_pending(engine, sender, 20)
+        with db.session_scope(engine) as session:
+            wakeup.notify(session)
+        woken = time.monotonic()
+        wait_until(lambda: count(engine, Status.SENT) == 20, 10, "all sent", poller)
+        assert time.monotonic() - woken < 5
+        assert poller.stop() == 0
+    assert len(ledger.received()) == 20
+
+
+def test_a_database_without_the_schema_is_one_clear_error(start_poller: StartPoller) -> None:
+    name = f"bulkmail_empty_{os.getpid()}"
+    conftest._admin(f"CREATE DATABASE {name}")
+    try:
+        poller = start_poller("smtp://127.0.0.1:1", BULKMAIL_DATABASE_URL=conftest._pg_url(name))
+        assert poller.wait(20) == 1
+    finally:
+        conftest._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    last = poller.log().strip().splitlines()[-1]
+    assert last.startswith("Error: the database ")
+    assert last.endswith("has no bulkmail schema or an old one; run `bulkmail db upgrade`")
+    assert "Traceback" not in poller.log()
+
+
+def _cluster() -> tuple[str, str]:
+    """The version and name of the local cluster the tests' PostgreSQL runs as."""
+    tool = shutil.which("pg_lsclusters")
+    if tool is None or os.geteuid() != 0:
+        services.missing("pg_ctlcluster", "restarting PostgreSQL needs root and postgresql-common")
+    assert tool is not None
+    port = str(sa.engine.make_url(conftest.PG_ADMIN).port or 5432)
+    listing = subprocess.run([tool, "--no-header"], capture_output=True, text=True, check=True)
+    found = [line.split()[:2] for line in listing.stdout.splitlines() if line.split()[2] == port]
+    if not found:
+        services.missing("pg_ctlcluster", f"no local cluster listens on port {port}")
+    version, name = found[0]
+    return version, name
+
+
+def _postgres_up(timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            psycopg.connect(conftest.PG_ADMIN, connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            time.sleep(0.2)
+    return False
+
+
+def test_pollers_ride_out_a_postgresql_crash_and_restart(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    version, name = _cluster()
+    ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, name]
+    sender = mailserver.add_sender(engine)
+    mailserver.insert_pending(engine, sender, 3000)
+    ledger = mailserver.Ledger(delay=0.01)
+    with mailserver.serving(ledger) as port:
+        url = f"smtp://127.0.0.1:{port}"
+        # Leases outlast the outage: claims must survive it, not be taken over.
+        pollers = [start_poller(url, *FAST, "--lease", "8") for _ in range(2)]
+        wait_until(lambda: ledger.count() >= 500, 30, "sending", *pollers)
+        try:
+            subprocess.run([*ctl, "stop", "-m", "immediate"], check=True, capture_output=True)
+            time.sleep(1)  # long enough for every poller to meet the outage
+        finally:
+            subprocess.run([*ctl, "start"], check=False, capture_output=True)
+            assert _postgres_up(60), "PostgreSQL did not come back up"
+        wait_until(lambda: count(engine, Status.SENT) == 3000, 60, "all sent", *pollers)
+        for poller in pollers:
+            log = poller.log()
+            assert "database unavailable" in log or "cannot record the outcomes" in log, log
+        assert [p.process.poll() for p in pollers] == [None, None], "a poller exited"
+        assert [p.stop() for p in pollers] == [0, 0]
+
+    received = ledger.received()
+    assert set(received) == message_ids(engine)
+    assert set(received.values()) == {1}
+
+
+def test_two_pollers_at_once_never_send_an_email_twice(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    sender = mailserver.add_sender(engine)
+    mailserver.insert_pending(engine, sender, 3000)
+    ledger = mailserver.Ledger(delay=0.001)
+    with mailserver.serving(ledger) as port:
+        url = f"smtp://127.0.0.1:{port}"
+        pollers = [start_poller(url, *FAST, "--exit-when-idle") for _ in range(2)]
+        assert [p.wait(60) for p in pollers] == [0, 0]
+
+    assert mailserver.statuses(engine) == {Status.SENT: 3000}
+    received = ledger.received()
+    assert set(received) == message_ids(engine)
+    assert set(received.values()) == {1}
+    totals = heartbeat_totals(engine)
+    assert sorted(totals) == sorted(p.process.pid for p in pollers)
+    assert sum(totals.values()) == 3000
+    assert all(totals.values()), f"one poller sent nothing: {totals}"
