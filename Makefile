@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := bulkmail workers cli
 
-.PHONY: install services lint test bench clean
+.PHONY: install services lint test bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: install
 
 test: install services lint
 	$(BIN)/pytest
+
+# No services needed: SQLite, an in-process SMTP catcher filing into ./demo-outbox/.
+demo: install
+	$(BIN)/bulkmail demo
 
 # Not part of `make test`: minutes of full load. BENCH_SCALE=0.1 for a quick look.
 bench: install services

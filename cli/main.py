@@ -9,7 +9,19 @@ import click
 from sqlalchemy import exc
 
 from bulkmail import errors, settings
-from cli import app, attachments, contacts, emails, mailboxes, org, schema, templates, worker
+from cli import (
+    app,
+    attachments,
+    bulk,
+    contacts,
+    demo,
+    emails,
+    mailboxes,
+    org,
+    schema,
+    templates,
+    worker,
+)
 
 
 class Root(click.Group):
@@ -43,6 +55,8 @@ cli.add_command(emails.email)
 cli.add_command(templates.templates)
 cli.add_command(attachments.attachments)
 cli.add_command(worker.worker)
+cli.add_command(demo.demo)
+cli.add_command(bulk.bulk)
 
 
 def main() -> None:

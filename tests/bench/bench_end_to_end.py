@@ -1,0 +1,149 @@
+"""End to end: SendBulkMail submitted -> every email Sent, with a Celery worker and pollers.
+
+A fresh PostgreSQL database with --n contacts (default 100,000) and a 2 KB template (HTML and
+text), Postfix's smtp-sink as the server, one Celery worker (prefork, one process) expanding and
+--pollers poller processes (default 2) sending while the expansion is still writing. The clock
+runs from the submit to the moment the operation's sent counter reaches its created count.
+The reference is django-post_office's end-to-end rate on this machine (~1,000 emails/s, from the
+project's design notes; it is not re-measured here).
+Run: .venv/bin/python tests/bench/bench_end_to_end.py [--n N] [--pollers K] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+from bench_expansion import BROKER, HTML, SUBJECT, TEXT, start_worker
+from bench_send import BULKMAIL, PeakRss, free_port, fresh_database, smtp_sink
+
+from bulkmail import bulk, db, mailboxes, settings, templates
+from workers import celery_app
+
+REFERENCE = 1_000
+
+
+def prepare(url: str, n: int) -> None:
+    engine = db.make_engine(url)
+    with db.session_scope(engine) as session:
+        mailboxes.add_user(session, name="Autumn Newsletter", email="news@example.org")
+        templates.create(session, name="autumn", subject=SUBJECT, html=HTML, text=TEXT)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO contacts (email, first_name, last_name, company, country, tags,"
+                " attributes, do_not_bulk_email, created_at, modified_at)"
+                " SELECT 'person' || i || '@example' || mod(i, 97) || '.com', 'First' || i,"
+                " 'Last' || mod(i, 20000), 'Company ' || mod(i, 3000), 'DE', '[\"customer\"]',"
+                " jsonb_build_object('plan', (ARRAY['free', 'pro', 'team'])[1 + mod(i, 3)]),"
+                " false, now(), now() FROM generate_series(1, :n) AS i"
+            ),
+            {"n": n},
+        )
+    engine.dispose()
+
+
+@contextlib.contextmanager
+def pollers(url: str, port: int, count: int, log: Path) -> Iterator[list[int]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
+    env |= {"BULKMAIL_DATABASE_URL": url, "BULKMAIL_SMTP_URL": f"smtp://127.0.0.1:{port}"}
+    command = [
+        str(BULKMAIL),
+        "worker",
+        "poller",
+        "--log-level",
+        "warning",
+        "--poll-interval",
+        "0.2",
+    ]
+    with log.open("wb") as out:
+        processes = [
+            subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            for _ in range(count)
+        ]
+    try:
+        yield [p.pid for p in processes]
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=60)
+
+
+def run(n: int, poller_count: int) -> dict[str, object]:
+    with fresh_database() as url, tempfile.TemporaryDirectory() as scratch:
+        prepare(url, n)
+        port = free_port()
+        engine = db.make_engine(url)
+        with smtp_sink(port):
+            worker = start_worker(url, 5_000, Path(scratch) / "worker.log")
+            try:
+                with pollers(url, port, poller_count, Path(scratch) / "pollers.log") as pids:
+                    sampler = PeakRss([worker.pid, *pids])
+                    started = time.perf_counter()
+                    with db.session_scope(engine) as session:
+                        operation_id = bulk.send_bulk_mail(
+                            session,
+                            template_name="autumn",
+                            sender_address="news@example.org",
+                            query="country = 'DE'",
+                        ).id
+                    app = celery_app.make_app(
+                        settings.Settings(database_url=url, broker_url=BROKER)
+                    )
+                    app.send_task("bulkmail.expand", args=[operation_id])
+                    while True:
+                        with db.session_scope(engine) as session:
+                            op = bulk.get(session, operation_id)
+                        if op.last_error:
+                            raise SystemExit(f"the operation failed: {op.last_error}")
+                        if op.expanded_at is not None and op.sent + op.failed >= op.created:
+                            break
+                        time.sleep(0.1)
+                    seconds = time.perf_counter() - started
+                    peaks = sampler.stop()
+            finally:
+                os.killpg(worker.pid, signal.SIGTERM)
+                worker.wait(timeout=30)
+        engine.dispose()
+    rate = op.sent / seconds
+    return {
+        "phase": "end to end",
+        "n": n,
+        "sent": op.sent,
+        "seconds": round(seconds, 1),
+        "rate": round(rate),
+        "reference": REFERENCE,
+        "ratio": round(rate / REFERENCE, 2),
+        "peak_rss_mb": round(max(peaks.values()), 1),
+        "note": f"1 Celery worker + {poller_count} pollers; peak RSS of the largest process",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=100_000, help="recipients")
+    parser.add_argument("--pollers", type=int, default=2, help="poller processes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    result = run(args.n, args.pollers)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"end to end: {result['sent']:,} sent in {result['seconds']} s = {result['rate']:,} /s;"
+        f" reference {REFERENCE:,} /s; ratio {result['ratio']}; peak RSS {result['peak_rss_mb']} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
