@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -205,8 +206,11 @@ async def run_round(
     options: Options,
     cache: mime.PartCache,
     limiter: ratelimit.RateLimiter | None = None,
+    in_flight: set[uuid.UUID] | None = None,
 ) -> Round:
     """Claim, build, send and complete one batch; returns what happened to it.
+
+    While the batch is out, its claim token is in ``in_flight``, for the caller to renew.
 
     The batch goes to the server in parts of ``options.completion_batch`` messages, and each
     part is recorded as soon as its replies are in, while the next parts are being sent: a
@@ -219,6 +223,24 @@ async def run_round(
     prepared = await asyncio.to_thread(_prepare, engine, options, cache)
     if not prepared.claimed:
         return Round()
+    tokens = {entry.claim_token for entry in prepared.claimed.values()}
+    if in_flight is not None:
+        in_flight |= tokens
+    try:
+        return await _send_claimed(engine, sender, options, limiter, prepared, claimed_at)
+    finally:
+        if in_flight is not None:
+            in_flight -= tokens
+
+
+async def _send_claimed(
+    engine: sa.Engine,
+    sender: smtp.Sender,
+    options: Options,
+    limiter: ratelimit.RateLimiter | None,
+    prepared: _Prepared,
+    claimed_at: float,
+) -> Round:
     items = await _sendable(prepared.items, claimed_at, options, limiter)
     size = options.completion_batch
     parts = [items[start : start + size] for start in range(0, len(items), size)]

@@ -343,6 +343,29 @@ def complete(
     )
 
 
+def renew(
+    session: orm.Session,
+    tokens: Iterable[uuid.UUID],
+    *,
+    lease: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> int:
+    """Extend the lease of emails still Sending under ``tokens``: a live poller whose batch
+    takes longer than one lease (a slow server) keeps it, so the reaper does not hand the
+    emails to another poller while they are being sent."""
+    wanted = list(tokens)
+    if not wanted:
+        return 0
+    now = now or models.utcnow()
+    result = session.execute(
+        sa.update(E)
+        .where(E.statuscode == _SENDING, E.claim_token.in_(wanted))
+        .values(lease_expires_at=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
+
+
 def release(
     session: orm.Session,
     claimed: Iterable[tuple[int, uuid.UUID]],

@@ -110,6 +110,7 @@ class Poller:
         )
         self.stopping = asyncio.Event()
         self._cache = mime.PartCache()
+        self._in_flight: set[uuid.UUID] = set()
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -131,7 +132,8 @@ class Poller:
                 asyncio.TaskGroup() as group,
             ):
                 chores = [
-                    group.create_task(self._every(self.config.heartbeat_interval, self._beat)),
+                    # Beat (and renew leases) several times per lease, however short it is.
+                    group.create_task(self._every(self._beat_interval(), self._beat)),
                     group.create_task(self._every(self.config.reap_interval, self._reap)),
                 ]
                 rounds = [
@@ -155,7 +157,7 @@ class Poller:
             woken.clear()
             try:
                 done = await delivery.run_round(
-                    self.engine, sender, self.options, self._cache, limiter
+                    self.engine, sender, self.options, self._cache, limiter, self._in_flight
                 )
             except delivery.DATABASE_DOWN as error:
                 # The database went away: wait and try again rather than crash-looping.
@@ -209,6 +211,10 @@ class Poller:
     def _beat(self) -> None:
         with delivery.transaction(self.engine) as session:
             heartbeats.beat(session, self.identity, **self.totals)
+            outbox.renew(session, set(self._in_flight), lease=self.config.lease)
+
+    def _beat_interval(self) -> float:
+        return min(self.config.heartbeat_interval, self.config.lease.total_seconds() / 3)
 
     def _reap(self) -> None:
         with delivery.transaction(self.engine) as session:

@@ -283,3 +283,22 @@ def test_concurrent_claimers_each_get_an_email_exactly_once(db_url: str) -> None
             )
     finally:
         engine.dispose()
+
+
+def test_renew_keeps_a_live_claim_from_the_reaper(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    mine, other = _pending(engine, sender, 2)
+    claimed = {c.email.id: c for c in _claim(engine)}
+    later = models.utcnow() + LEASE - dt.timedelta(seconds=1)
+    with db.session_scope(engine) as session:
+        renewed = outbox.renew(session, [claimed[mine].claim_token], lease=LEASE, now=later)
+        assert outbox.renew(session, [uuid.uuid4()], lease=LEASE, now=later) == 0
+    # Both emails came with one claim token, so both are renewed.
+    assert renewed == 2
+    past_first_lease = models.utcnow() + LEASE + dt.timedelta(seconds=1)
+    with db.session_scope(engine) as session:
+        assert outbox.reap(session, now=past_first_lease) == 0
+    assert _email(engine, other).current_status is Status.SENDING
+    past_renewed = later + LEASE + dt.timedelta(seconds=1)
+    with db.session_scope(engine) as session:
+        assert outbox.reap(session, now=past_renewed) == 2
