@@ -8,10 +8,11 @@ no record points at it any more.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import mimetypes
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -192,23 +193,29 @@ def collect_garbage(session: orm.Session, candidates: Iterable[int]) -> int:
 
 
 def link_template_attachments(
-    session: orm.Session, template_id: int, email_ids: Sequence[int]
+    executor: orm.Session | sa.Connection,
+    template_id: int,
+    emails: sa.ColumnElement[bool],
+    *,
+    now: dt.datetime | None = None,
 ) -> None:
-    """Give each email a record for each of the template's attachments: references, no bytes."""
-    if not email_ids:
-        return
-    template = sa.select(models.Attachment).where(models.Attachment.template_id == template_id)
-    source = template.subquery()
-    rows = sa.select(
-        models.Email.id,
-        source.c.attachment_id,
-        source.c.file_name,
-        source.c.mime_type,
-        source.c.subject,
-        source.c.order_number,
-        source.c.content_id,
-        sa.literal(models.utcnow(), models.UTCDateTime),
-    ).where(models.Email.id.in_(email_ids))
+    """Give each email matching ``emails`` a record for each of the template's attachments:
+    references to the template's blobs, no bytes. One INSERT ... SELECT, however many emails."""
+    template = models.Attachment.__table__.alias("template_attachment")
+    rows = (
+        sa.select(
+            models.Email.id,
+            template.c.attachment_id,
+            template.c.file_name,
+            template.c.mime_type,
+            template.c.subject,
+            template.c.order_number,
+            template.c.content_id,
+            sa.literal(now or models.utcnow(), models.UTCDateTime),
+        )
+        .join_from(models.Email, template, template.c.template_id == template_id)
+        .where(emails)
+    )
     columns = [
         "email_id",
         "attachment_id",
@@ -219,7 +226,7 @@ def link_template_attachments(
         "content_id",
         "created_at",
     ]
-    session.execute(sa.insert(models.Attachment).from_select(columns, rows.join(source, sa.true())))
+    executor.execute(sa.insert(models.Attachment).from_select(columns, rows))
 
 
 def as_dict(listed: Listed) -> dict[str, object]:

@@ -642,38 +642,14 @@ def _plain(text: object) -> bool:
 def _link_attachments(
     connection: sa.Connection, recipe: Recipe, after: int, upto: int, now: dt.datetime
 ) -> None:
-    """Give the batch's new emails a record for each template attachment: references, no bytes."""
-    template = models.Attachment.__table__.alias("template_attachment")
-    emails_of_batch = (
-        sa.select(
-            E.id,
-            template.c.attachment_id,
-            template.c.file_name,
-            template.c.mime_type,
-            template.c.subject,
-            template.c.order_number,
-            template.c.content_id,
-            sa.literal(now, models.UTCDateTime),
-        )
-        .join_from(E, template, template.c.template_id == recipe.template_id)
-        .where(
-            E.bulk_operation_id == recipe.operation_id,
-            E.regarding_contact_id > after,
-            E.regarding_contact_id <= upto,
-            E.statuscode == int(Status.PENDING_SEND),
-        )
+    """Give the batch's new emails the template's attachments: references, no bytes."""
+    batch = sa.and_(
+        E.bulk_operation_id == recipe.operation_id,
+        E.regarding_contact_id > after,
+        E.regarding_contact_id <= upto,
+        E.statuscode == int(Status.PENDING_SEND),
     )
-    columns = [
-        "email_id",
-        "attachment_id",
-        "file_name",
-        "mime_type",
-        "subject",
-        "order_number",
-        "content_id",
-        "created_at",
-    ]
-    connection.execute(sa.insert(models.Attachment).from_select(columns, emails_of_batch))
+    attachments.link_template_attachments(connection, recipe.template_id, batch, now=now)
 
 
 def rerender_failed(
@@ -752,4 +728,6 @@ def rerender_failed(
             recovered += count
             tally.move(operation.id, Status.FAILED, Status.PENDING_SEND, count)
             if recipe.has_attachments:
-                attachments.link_template_attachments(session, recipe.template_id, recovered_ids)
+                attachments.link_template_attachments(
+                    session, recipe.template_id, E.id.in_(recovered_ids)
+                )

@@ -45,5 +45,5 @@ def send_from_template(
         now=dt.datetime.now(dt.UTC),
     )
     email.subject, email.body_html, email.body_text = rendered.subject, rendered.html, rendered.text
-    attachments.link_template_attachments(session, template.id, [email.id])
+    attachments.link_template_attachments(session, template.id, models.Email.id == email.id)
     return emails.send(session, email.id)

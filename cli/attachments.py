@@ -97,16 +97,13 @@ def list_(app: App, email_id: int | None, template_name: str | None, as_json: bo
 
 @attachments.command()
 @click.argument("record_id", metavar="RECORD_ID", type=int)
-@click.option(
-    "-o", "--output", "target", required=True, type=click.Path(dir_okay=False, path_type=Path)
-)
+@output.output_file_option
 @pass_app
 def get(app: App, record_id: int, target: Path) -> None:
     """Write an attachment's bytes to a file."""
     with app.session() as session:
         data = domain.read(session, record_id)
-    target.write_bytes(data)
-    click.echo(f"{len(data)} bytes written to {target}")
+    output.write_file(target, data)
 
 
 @attachments.command()

@@ -224,13 +224,10 @@ def send_template(app: App, template_name: str, contact_address: str, from_addre
 
 @email.command()
 @click.argument("email_id", metavar="ID", type=int)
-@click.option(
-    "-o", "--output", "target", required=True, type=click.Path(dir_okay=False, path_type=Path)
-)
+@output.output_file_option
 @pass_app
 def export(app: App, email_id: int, target: Path) -> None:
     """Write the exact bytes the SMTP server will receive to FILE.eml."""
     with app.session() as session:
         data = compose.message_bytes(session, email_id)
-    target.write_bytes(data)
-    click.echo(f"{len(data)} bytes written to {target}")
+    output.write_file(target, data)

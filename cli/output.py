@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -46,3 +47,14 @@ def record(data: Mapping[str, object], *, title: str) -> None:
     for key, value in data.items():
         grid.add_row(key, _cell(value))
     Console().print(grid)
+
+
+output_file_option = click.option(
+    "-o", "--output", "target", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+
+
+def write_file(target: Path, data: bytes) -> None:
+    """Write ``data`` to the file a user named with -o, and say so."""
+    target.write_bytes(data)
+    click.echo(f"{len(data)} bytes written to {target}")

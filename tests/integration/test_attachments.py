@@ -179,7 +179,9 @@ def test_link_template_attachments_adds_references_only(
             session,
             emails.NewEmail(from_address="sam@example.org", to=["q@example.com"], subject="s"),
         ).id
-        attachments.link_template_attachments(session, template_id, [draft, second])
+        attachments.link_template_attachments(
+            session, template_id, models.Email.id.in_([draft, second])
+        )
     assert _count(engine, "attachment_blobs") == 2
     with db.session_scope(engine) as session:
         for email_id in (draft, second):
