@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -16,8 +17,33 @@ from sqlalchemy import orm
 from bulkmail import emails, mime, models
 
 
+class Stored(Protocol):
+    """What composing needs of an email: a stored row, or the poller's claimed copy of one."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def sent_at(self) -> dt.datetime | None: ...
+    @property
+    def from_address(self) -> str: ...
+    @property
+    def from_name(self) -> str | None: ...
+    @property
+    def to_addresses(self) -> list[str]: ...
+    @property
+    def cc_addresses(self) -> list[str]: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def body_text(self) -> str | None: ...
+    @property
+    def body_html(self) -> str | None: ...
+
+
 def messages(
-    session: orm.Session, rows: Sequence[models.Email], *, now: dt.datetime | None = None
+    session: orm.Session, rows: Sequence[Stored], *, now: dt.datetime | None = None
 ) -> dict[int, mime.Message]:
     """The ``mime.Message`` of each email in ``rows``, by email id."""
     date = now or dt.datetime.now(dt.UTC)

@@ -16,6 +16,7 @@ LOCKED. So none of them waits for another in a circle.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy import orm
+from sqlalchemy.dialects import postgresql
 
 from bulkmail import mailboxes, models
 from bulkmail.status import State, Status
@@ -123,10 +125,36 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ClaimedEmail:
+    """The columns of a claimed email the poller needs: plain values, no ORM object."""
+
+    id: int
+    priority: int
+    sender_user_id: int | None
+    sender_queue_id: int | None
+    bulk_operation_id: int | None
+    from_address: str
+    from_name: str | None
+    to_addresses: list[str]
+    cc_addresses: list[str]
+    bcc_addresses: list[str]
+    subject: str
+    body_text: str | None
+    body_html: str | None
+    message_id: str
+    delivery_attempts: int  # this attempt included
+    created_at: dt.datetime
+    sent_at: dt.datetime | None
+
+
+_CLAIMED_COLUMNS = [E.__table__.c[field.name] for field in dataclasses.fields(ClaimedEmail)]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Claimed:
     """A claimed email: everything the poller needs to build and send it."""
 
-    email: models.Email  # detached snapshot of the row as claimed
+    email: ClaimedEmail
     claim_token: uuid.UUID
 
 
@@ -193,10 +221,11 @@ def claim(
             delivery_attempts=E.delivery_attempts + 1,
             modified_at=now,
         )
-        .returning(E)
+        .returning(*_CLAIMED_COLUMNS)
         .execution_options(synchronize_session=False)
     )
-    rows = list(session.scalars(statement))
+    # Plain rows rather than ORM objects: half the claim's CPU time went into building those.
+    rows = [ClaimedEmail(**row._mapping) for row in session.connection().execute(statement)]
     rows.sort(key=lambda row: (-row.priority, row.id))
     blocked = _blocked(session, rows)
     if blocked:
@@ -206,12 +235,10 @@ def claim(
         target = Status.FAILED if row.id in blocked else Status.SENDING
         tally.move(row.bulk_operation_id, Status.PENDING_SEND, target)
     tally.write(session, now=now)
-    for row in rows:
-        session.expunge(row)
     return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
 
 
-def _blocked(session: orm.Session, rows: Sequence[models.Email]) -> dict[int, str]:
+def _blocked(session: orm.Session, rows: Sequence[ClaimedEmail]) -> dict[int, str]:
     """The claimed emails whose sender mailbox may not send, with the reason."""
     reasons: dict[tuple[str, int], str | None] = {}
     blocked: dict[int, str] = {}
@@ -318,19 +345,11 @@ def complete(
             "failure_reason": sa.bindparam("b_reason"),
         },
     }
-    mine = (E.id == sa.bindparam("b_id"), E.claim_token == sa.bindparam("b_token"))
     changed: collections.Counter[Status] = collections.Counter()
     tally = Tally()
     total = 0
     for (target, operation_id), params_list in groups.items():
-        result = session.connection().execute(
-            sa.update(E)
-            .where(*mine)
-            .values(**values[target], **_unclaimed(now))
-            .execution_options(synchronize_session=False),
-            params_list,
-        )
-        count = _rowcount(result)
+        count = _update_claimed(session, {**values[target], **_unclaimed(now)}, params_list)
         changed[target] += count
         total += len(params_list)
         tally.move(operation_id, Status.SENDING, target, count)
@@ -341,6 +360,42 @@ def complete(
         failed=changed[Status.FAILED],
         stale=total - sum(changed.values()),
     )
+
+
+def _update_claimed(
+    session: orm.Session, values: dict[str, object], params_list: list[dict[str, object]]
+) -> int:
+    """Apply ``values`` to each claimed email of ``params_list`` still holding its token;
+    returns how many did. ``b_*`` bind parameters in ``values`` take each email's own value."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        mine = (E.id == sa.bindparam("b_id"), E.claim_token == sa.bindparam("b_token"))
+        statement = sa.update(E).where(*mine).values(**values)
+        return _rowcount(connection.execute(statement, params_list))
+    # PostgreSQL: one statement joined to the batch as arrays, instead of one per email.
+    arrays = {
+        "b_id": postgresql.ARRAY(sa.BigInteger),
+        "b_token": postgresql.ARRAY(sa.Uuid),
+        "b_reply": postgresql.ARRAY(sa.Text),
+        "b_reason": postgresql.ARRAY(sa.Text),
+        "b_next": postgresql.ARRAY(sa.DateTime(timezone=True)),
+    }
+    batch = (
+        sa.func.unnest(*(sa.bindparam(name, type_=kind) for name, kind in arrays.items()))
+        .table_valued(*arrays)
+        .render_derived(name="batch")
+    )
+    per_email = {
+        key: batch.c[value.key] if isinstance(value, sa.BindParameter) else value
+        for key, value in values.items()
+    }
+    statement = (
+        sa.update(E)
+        .where(E.id == batch.c.b_id, E.claim_token == batch.c.b_token)
+        .values(**per_email)
+    )
+    columns = {name: [params.get(name) for params in params_list] for name in arrays}
+    return _rowcount(connection.execute(statement, columns))
 
 
 def renew(

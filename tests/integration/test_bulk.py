@@ -575,12 +575,13 @@ def test_retry_failed_resends_delivery_failures_and_rerenders_render_failures(
     op = operation(setup, operation_id)
     assert (op.pending, op.failed, op.render_failures, op.created) == (2, 0, 0, 4)
     assert_counters_match_the_emails(setup, operation_id)
-    rows = {row.regarding_contact_id: row for row in emails_of(setup, operation_id)}
+    by_id = {row.id: row for row in emails_of(setup, operation_id)}
+    rows = {row.regarding_contact_id: row for row in by_id.values()}
     rerendered = rows[broken]
     assert rerendered.current_status is Status.PENDING_SEND
     assert rerendered.body_html == f"<p>Dear First{broken - 1}</p>"
     assert rerendered.failure_reason is None
-    resent = rows[claimed[0].email.regarding_contact_id]
+    resent = by_id[claimed[0].email.id]
     assert (resent.current_status, resent.delivery_attempts, resent.failure_reason) == (
         Status.PENDING_SEND,
         0,
