@@ -181,6 +181,19 @@ def free_port() -> int:
         return port
 
 
+def wait_listening(process: subprocess.Popen[bytes], port: int, what: str) -> None:
+    """Return once ``process`` accepts connections on ``port``; fail if it exits or takes 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None, f"{what} exited"
+            assert time.monotonic() < deadline, f"{what} did not start listening"
+            time.sleep(0.01)
+
+
 class Sink:
     """A running smtp-sink: its port, and the Message-IDs of what it dumped."""
 
@@ -215,15 +228,7 @@ def smtp_sink(*flags: str) -> Iterator[Sink]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, f"smtp-sink {flags} exited"
-                assert time.monotonic() < deadline, "smtp-sink did not start listening"
-                time.sleep(0.01)
+        wait_listening(process, port, f"smtp-sink {' '.join(flags)}")
         yield Sink(port, folder)
     finally:
         process.terminate()

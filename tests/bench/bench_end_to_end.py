@@ -22,8 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import sqlalchemy as sa
-from bench_expansion import BROKER, HTML, SUBJECT, TEXT, start_worker
+from bench_expansion import BROKER, HTML, SUBJECT, TEXT, seed_contacts, start_worker
 from bench_send import BULKMAIL, PeakRss, free_port, fresh_database, smtp_sink
 
 from bulkmail import bulk, db, mailboxes, settings, templates
@@ -37,18 +36,7 @@ def prepare(url: str, n: int) -> None:
     with db.session_scope(engine) as session:
         mailboxes.add_user(session, name="Autumn Newsletter", email="news@example.org")
         templates.create(session, name="autumn", subject=SUBJECT, html=HTML, text=TEXT)
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO contacts (email, first_name, last_name, company, country, tags,"
-                " attributes, do_not_bulk_email, created_at, modified_at)"
-                " SELECT 'person' || i || '@example' || mod(i, 97) || '.com', 'First' || i,"
-                " 'Last' || mod(i, 20000), 'Company ' || mod(i, 3000), 'DE', '[\"customer\"]',"
-                " jsonb_build_object('plan', (ARRAY['free', 'pro', 'team'])[1 + mod(i, 3)]),"
-                " false, now(), now() FROM generate_series(1, :n) AS i"
-            ),
-            {"n": n},
-        )
+    seed_contacts(engine, n, opted_out_every=0)
     engine.dispose()
 
 

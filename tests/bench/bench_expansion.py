@@ -76,6 +76,16 @@ def prepare(url: str, n: int) -> None:
             file_name="catalogue.pdf",
             data=os.urandom(100_000),
         )
+    seed_contacts(engine, n, opted_out_every=50)
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+            sa.text("VACUUM ANALYZE contacts")
+        )
+    engine.dispose()
+
+
+def seed_contacts(engine: sa.Engine, n: int, *, opted_out_every: int) -> None:
+    """``n`` contacts in one statement; every ``opted_out_every``-th opted out (0: none)."""
     with engine.begin() as connection:
         connection.execute(
             sa.text(
@@ -84,15 +94,11 @@ def prepare(url: str, n: int) -> None:
                 " SELECT 'person' || i || '@example' || mod(i, 97) || '.com', 'First' || i,"
                 " 'Last' || mod(i, 20000), 'Company ' || mod(i, 3000), 'DE', '[\"customer\"]',"
                 " jsonb_build_object('plan', (ARRAY['free', 'pro', 'team'])[1 + mod(i, 3)]),"
-                " mod(i, 50) = 0, now(), now() FROM generate_series(1, :n) AS i"
+                " CASE WHEN :every > 0 THEN mod(i, :every) = 0 ELSE false END, now(), now()"
+                " FROM generate_series(1, :n) AS i"
             ),
-            {"n": n},
+            {"n": n, "every": opted_out_every},
         )
-    with engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
-            sa.text("VACUUM ANALYZE contacts")
-        )
-    engine.dispose()
 
 
 def start_worker(url: str, batch: int, log: Path) -> subprocess.Popen[bytes]:

@@ -14,47 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+
+from bench_send import free_port, smtp_sink
 
 from bulkmail import smtp, smtp_protocol
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def smtp_sink(port: int) -> Iterator[None]:
-    # smtp-sink refuses to run as root unless told which user to become.
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    process = subprocess.Popen(
-        ["smtp-sink", *user, f"127.0.0.1:{port}", "5000"], stdout=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("smtp-sink did not start listening") from None
-                time.sleep(0.02)
-        yield
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def message(number: int, size: int) -> bytes:

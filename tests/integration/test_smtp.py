@@ -28,6 +28,8 @@ from aiosmtpd import smtp as aiosmtpd
 
 from bulkmail import smtp, smtp_protocol
 from bulkmail.smtp_protocol import Item, Outcome, OutcomeKind, Reply, SmtpSettings
+from tests import services
+from tests.mailserver import free_port, wait_listening
 
 BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 FAST = smtp_protocol.Timeouts(
@@ -39,10 +41,8 @@ def require(tool: str) -> str:
     """The path of a command the test needs: skip without it, but fail in CI."""
     path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin")
     if path is None:
-        message = f"{tool} is not installed (Debian: apt-get install postfix openssl)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        services.missing(tool, "install it (Debian: apt-get install postfix openssl)")
+    assert path is not None
     return path
 
 
@@ -661,13 +661,6 @@ def test_starttls_that_is_not_offered_is_not_skipped() -> None:
 # --- Postfix smtp-sink ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def smtp_sink(*flags: str) -> Iterator[int]:
     """Postfix's smtp-sink on a free loopback port, with the given fault flags."""
@@ -681,15 +674,7 @@ def smtp_sink(*flags: str) -> Iterator[int]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, f"smtp-sink {flags} exited"
-                assert time.monotonic() < deadline, "smtp-sink did not start listening"
-                time.sleep(0.01)
+        wait_listening(process, port, f"smtp-sink {' '.join(flags)}")
         yield port
     finally:
         process.terminate()
