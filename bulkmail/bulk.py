@@ -256,9 +256,6 @@ def reconcile(
 def as_dict(operation: models.BulkOperation) -> dict[str, object]:
     """The operation as scripts see it in ``--json``."""
 
-    def stamp(value: dt.datetime | None) -> str | None:
-        return value.isoformat() if value is not None else None
-
     return {
         "id": operation.id,
         "name": operation.name,
@@ -268,10 +265,10 @@ def as_dict(operation: models.BulkOperation) -> dict[str, object]:
         "query": operation.query,
         **{counter: getattr(operation, counter) for counter in COUNTERS},
         "checkpoint": operation.checkpoint,
-        "created_at": stamp(operation.created_at),
-        "started_at": stamp(operation.started_at),
-        "expanded_at": stamp(operation.expanded_at),
-        "completed_at": stamp(operation.completed_at),
-        "progressed_at": stamp(operation.progressed_at),
+        "created_at": models.isoformat(operation.created_at),
+        "started_at": models.isoformat(operation.started_at),
+        "expanded_at": models.isoformat(operation.expanded_at),
+        "completed_at": models.isoformat(operation.completed_at),
+        "progressed_at": models.isoformat(operation.progressed_at),
         "last_error": operation.last_error,
     }

@@ -238,9 +238,6 @@ def as_dict(email: models.Email) -> dict[str, object]:
     """The email as scripts see it in ``--json``."""
     current = email.current_status
 
-    def stamp(value: dt.datetime | None) -> str | None:
-        return value.isoformat() if value is not None else None
-
     return {
         "id": email.id,
         "status": current.label,
@@ -257,16 +254,16 @@ def as_dict(email: models.Email) -> dict[str, object]:
         "text": email.body_text,
         "html": email.body_html,
         "priority": Priority(email.priority).name.lower(),
-        "send_after": stamp(email.send_after),
+        "send_after": models.isoformat(email.send_after),
         "message_id": email.message_id,
         "delivery_attempts": email.delivery_attempts,
-        "next_attempt_at": stamp(email.next_attempt_at),
+        "next_attempt_at": models.isoformat(email.next_attempt_at),
         "last_smtp_reply": email.last_smtp_reply,
         "failure_reason": email.failure_reason,
         "regarding_contact_id": email.regarding_contact_id,
         "template_id": email.template_id,
         "bulk_operation_id": email.bulk_operation_id,
-        "sent_at": stamp(email.sent_at),
-        "created_at": stamp(email.created_at),
-        "modified_at": stamp(email.modified_at),
+        "sent_at": models.isoformat(email.sent_at),
+        "created_at": models.isoformat(email.created_at),
+        "modified_at": models.isoformat(email.modified_at),
     }

@@ -33,6 +33,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def isoformat(value: dt.datetime | None) -> str | None:
+    """A stored time as ``--json`` shows it: ISO 8601 with its offset, or None."""
+    return value.isoformat() if value is not None else None
+
+
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
     """Aware UTC datetimes on every backend (SQLite hands back naive ones)."""
 
