@@ -295,7 +295,9 @@ def _fold(name: str, atoms: list[str]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+@functools.lru_cache(maxsize=64)
 def _date(value: datetime) -> str:
+    # Cached: a batch of messages is usually composed with one date.
     if value.utcoffset() is None:
         raise errors.InvalidInput("the message date has no time zone; give an aware datetime")
     return email.utils.format_datetime(value)
@@ -309,7 +311,8 @@ def _utf8(field: str, text: str) -> bytes:
 
 
 def _text_part(subtype: str, text: str) -> list[bytes]:
-    """A text/plain or text/html part: quoted-printable, or base64 where that is shorter.
+    """A text/plain or text/html part: 7bit when it is ASCII in short lines, else
+    quoted-printable, or base64 where that is shorter.
 
     Line breaks become CRLF and a non-empty body ends with one. Quoted-printable soft breaks
     keep every line within 76 characters, however long the text's own lines.
@@ -318,6 +321,9 @@ def _text_part(subtype: str, text: str) -> list[bytes]:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text and not text.endswith("\n"):
         text += "\n"
+    if text.isascii() and "\0" not in text and max(map(len, text.split("\n"))) <= _SEVEN_BIT_LINE:
+        # Most bulk mail is ASCII in short lines: sent as it is, it costs no encoding at all.
+        return [_TEXT_HEADS[subtype, "7bit"], text.replace("\n", "\r\n").encode("ascii")]
     data = _utf8(f"text/{subtype} body", text)
     # b2a_qp passes a bare CR through, so the input holds none, and LF becomes CRLF afterwards.
     encoded = binascii.b2a_qp(data, istext=True)
@@ -331,8 +337,10 @@ _TEXT_HEADS = {
         f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
     ).encode("ascii")
     for subtype in ("plain", "html")
-    for cte in ("quoted-printable", "base64")
+    for cte in ("7bit", "quoted-printable", "base64")
 }
+# Lines a 7bit part may keep: RFC 5322's recommended 78 characters, less a margin for the CRLF.
+_SEVEN_BIT_LINE = 76
 # "=_" never starts a line of quoted-printable ("=" is always escaped) or base64 output, nor a
 # header line, so fixed boundaries cannot collide with content and cost nothing to make.
 _MULTIPART = {

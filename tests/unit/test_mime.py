@@ -354,7 +354,7 @@ def test_the_header_block_is_exact() -> None:
         b"MIME-Version: 1.0",
         b"X-Bulkmail-Tracking: t-42",
         b'Content-Type: text/plain; charset="utf-8"',
-        b"Content-Transfer-Encoding: quoted-printable",
+        b"Content-Transfer-Encoding: 7bit",
     ]
 
 
@@ -420,7 +420,9 @@ def test_long_lines_and_leading_dots_round_trip(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "encoding"),
     [
-        ("Plain ASCII text.\n" * 20, "quoted-printable"),
+        ("Plain ASCII text.\n" * 20, "7bit"),
+        ("Plain ASCII text, one line longer than 76 characters. " * 3, "quoted-printable"),
+        ("ASCII with a NUL\0 in it.\n", "quoted-printable"),
         ("Sehr geehrte Frau Müller,\n" * 20, "quoted-printable"),
         ("Здравствуйте, уважаемый клиент!\n" * 20, "base64"),
         ("こんにちは、お客様。\n" * 20, "base64"),
