@@ -176,7 +176,6 @@ class Email(Base):
             postgresql_where=sa.text(f"statuscode = {SENDING}"),
             sqlite_where=sa.text(f"statuscode = {SENDING}"),
         ),
-        sa.Index("ix_emails_bulk_operation_id_statuscode", "bulk_operation_id", "statuscode"),
         # One email per recipient of a bulk operation, however often its expansion runs.
         sa.Index(
             "uq_emails_bulk_operation_id_regarding_contact_id",
@@ -184,7 +183,6 @@ class Email(Base):
             "regarding_contact_id",
             unique=True,
         ),
-        sa.Index("ix_emails_statuscode_id", "statuscode", "id"),
     )
 
     id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
@@ -193,11 +191,13 @@ class Email(Base):
     direction: orm.Mapped[int] = orm.mapped_column(
         sa.SmallInteger, default=int(status.Direction.OUTGOING)
     )
+    # No index on the mailbox and template keys: every status change of an email writes an
+    # entry into each index, and their parent rows are rarely deleted (migration 0005).
     sender_user_id: orm.Mapped[int | None] = orm.mapped_column(
-        sa.ForeignKey("system_users.id", ondelete="RESTRICT"), index=True
+        sa.ForeignKey("system_users.id", ondelete="RESTRICT")
     )
     sender_queue_id: orm.Mapped[int | None] = orm.mapped_column(
-        sa.ForeignKey("queues.id", ondelete="RESTRICT"), index=True
+        sa.ForeignKey("queues.id", ondelete="RESTRICT")
     )
     from_address: orm.Mapped[str] = orm.mapped_column(sa.String(320))
     from_name: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
@@ -211,7 +211,7 @@ class Email(Base):
         sa.ForeignKey("contacts.id", ondelete="SET NULL"), index=True
     )
     template_id: orm.Mapped[int | None] = orm.mapped_column(
-        sa.ForeignKey("templates.id", ondelete="SET NULL"), index=True
+        sa.ForeignKey("templates.id", ondelete="SET NULL")
     )
     bulk_operation_id: orm.Mapped[int | None] = orm.mapped_column(
         sa.ForeignKey("bulk_operations.id", ondelete="SET NULL")
