@@ -16,15 +16,15 @@ LOCKED. So none of them waits for another in a circle.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import orm
-from sqlalchemy.dialects import postgresql
 
 from bulkmail import mailboxes, models
 from bulkmail.status import State, Status
@@ -124,9 +124,11 @@ class RetryPolicy:
         return attempts >= self.max_attempts or now - created_at >= self.max_lifetime
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ClaimedEmail:
-    """The columns of a claimed email the poller needs: plain values, no ORM object."""
+class ClaimedEmail(NamedTuple):
+    """The columns of a claimed email the poller needs: plain values, no ORM object.
+
+    A tuple built straight from the claim's rows, so the fields are in the claim's column order.
+    """
 
     id: int
     priority: int
@@ -147,7 +149,7 @@ class ClaimedEmail:
     sent_at: dt.datetime | None
 
 
-_CLAIMED_COLUMNS = [E.__table__.c[field.name] for field in dataclasses.fields(ClaimedEmail)]
+_CLAIMED_COLUMNS = [E.__table__.c[name] for name in ClaimedEmail._fields]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -225,7 +227,7 @@ def claim(
         .execution_options(synchronize_session=False)
     )
     # Plain rows rather than ORM objects: half the claim's CPU time went into building those.
-    rows = [ClaimedEmail(**row._mapping) for row in session.connection().execute(statement)]
+    rows = list(map(ClaimedEmail._make, session.connection().execute(statement).all()))
     rows.sort(key=lambda row: (-row.priority, row.id))
     blocked = _blocked(session, rows)
     if blocked:
@@ -372,18 +374,19 @@ def _update_claimed(
         mine = (E.id == sa.bindparam("b_id"), E.claim_token == sa.bindparam("b_token"))
         statement = sa.update(E).where(*mine).values(**values)
         return _rowcount(connection.execute(statement, params_list))
-    # PostgreSQL: one statement joined to the batch as arrays, instead of one per email.
-    arrays = {
-        "b_id": postgresql.ARRAY(sa.BigInteger),
-        "b_token": postgresql.ARRAY(sa.Uuid),
-        "b_reply": postgresql.ARRAY(sa.Text),
-        "b_reason": postgresql.ARRAY(sa.Text),
-        "b_next": postgresql.ARRAY(sa.DateTime(timezone=True)),
+    # PostgreSQL: one statement joined to the batch, passed as one JSON parameter (json.dumps
+    # is C; dumping five arrays element by element was a fifth of the completion's CPU time).
+    types: dict[str, sa.types.TypeEngine[Any]] = {
+        "b_id": sa.BigInteger(),
+        "b_token": sa.Uuid(),
+        "b_reply": sa.Text(),
+        "b_reason": sa.Text(),
+        "b_next": sa.DateTime(timezone=True),
     }
     batch = (
-        sa.func.unnest(*(sa.bindparam(name, type_=kind) for name, kind in arrays.items()))
-        .table_valued(*arrays)
-        .render_derived(name="batch")
+        sa.func.json_to_recordset(sa.bindparam("b_rows", type_=sa.Text()).cast(sa.JSON()))
+        .table_valued(*(sa.column(name, kind) for name, kind in types.items()))
+        .render_derived(name="batch", with_types=True)
     )
     per_email = {
         key: batch.c[value.key] if isinstance(value, sa.BindParameter) else value
@@ -394,8 +397,16 @@ def _update_claimed(
         .where(E.id == batch.c.b_id, E.claim_token == batch.c.b_token)
         .values(**per_email)
     )
-    columns = {name: [params.get(name) for params in params_list] for name in arrays}
-    return _rowcount(connection.execute(statement, columns))
+    rows = json.dumps(
+        [{**params, "b_token": str(params["b_token"])} for params in params_list], default=_iso
+    )
+    return _rowcount(connection.execute(statement, {"b_rows": rows}))
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def renew(
@@ -412,9 +423,14 @@ def renew(
     if not wanted:
         return 0
     now = now or models.utcnow()
+    mine = sa.select(E.id).where(E.statuscode == _SENDING, E.claim_token.in_(wanted))
+    if session.get_bind().dialect.name == "postgresql":
+        # A row locked now is being completed: it needs no renewal, and waiting for it while
+        # holding others could deadlock with that completion.
+        mine = mine.with_for_update(skip_locked=True)
     result = session.execute(
         sa.update(E)
-        .where(E.statuscode == _SENDING, E.claim_token.in_(wanted))
+        .where(E.id.in_(mine.scalar_subquery()))
         .values(lease_expires_at=now + lease)
         .execution_options(synchronize_session=False)
     )

@@ -97,3 +97,23 @@ def test_organization_upload_limit_is_checked_by_the_database(engine: sa.Engine)
 def test_claim_indexes_exist(engine: sa.Engine) -> None:
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("emails")}
     assert {"ix_emails_pending_claim", "ix_emails_sending_lease"} <= names
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        [],
+        ["vip"],
+        ["a", "b"],
+        ['a", "b', "c"],  # a separator inside a value must not split it
+        ['say "hi"', "back\\slash", "tab\there"],
+        ["Köln", "東京", ""],
+    ],
+)
+def test_json_lists_read_back_exactly(engine: sa.Engine, tags: list[str]) -> None:
+    with db.session_scope(engine) as session:
+        contact = models.Contact(email="json@example.com", tags=tags, attributes={"k": [1, "x"]})
+        session.add(contact)
+    with db.session_scope(engine) as session:
+        stored = session.scalars(sa.select(models.Contact)).one()
+        assert (stored.tags, stored.attributes) == (tags, {"k": [1, "x"]})
