@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -9,23 +10,40 @@ import click
 from sqlalchemy import exc
 
 from bulkmail import errors, settings
-from cli import (
-    app,
-    attachments,
-    bulk,
-    contacts,
-    demo,
-    emails,
-    mailboxes,
-    org,
-    schema,
-    templates,
-    worker,
-)
+from cli import app
+
+# Command name -> (module, attribute). Imported when used: a poller should not pay at start for
+# Celery, the demo's SMTP server and the rest of the commands it never runs.
+_COMMANDS = {
+    "attachments": ("cli.attachments", "attachments"),
+    "bulk": ("cli.bulk", "bulk"),
+    "contacts": ("cli.contacts", "contacts"),
+    "db": ("cli.schema", "db"),
+    "demo": ("cli.demo", "demo"),
+    "email": ("cli.emails", "email"),
+    "mailbox": ("cli.mailboxes", "mailbox"),
+    "org": ("cli.org", "org"),
+    "queues": ("cli.mailboxes", "queues"),
+    "templates": ("cli.templates", "templates"),
+    "users": ("cli.mailboxes", "users"),
+    "worker": ("cli.worker", "worker"),
+}
 
 
 class Root(click.Group):
-    """Turns bulkmail's errors into one line on stderr and exit 1, never a traceback."""
+    """Loads each command when it is used, and turns bulkmail's errors into one line on stderr
+    and exit 1, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return None
+        module, attribute = _COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -46,17 +64,6 @@ def cli(ctx: click.Context) -> None:
     Settings come from BULKMAIL_* environment variables (see the README).
     """
     ctx.obj = app.App(settings=settings.load())
-
-
-for group in (schema.db, org.org, mailboxes.users, mailboxes.queues, mailboxes.mailbox):
-    cli.add_command(group)
-cli.add_command(contacts.contacts)
-cli.add_command(emails.email)
-cli.add_command(templates.templates)
-cli.add_command(attachments.attachments)
-cli.add_command(worker.worker)
-cli.add_command(demo.demo)
-cli.add_command(bulk.bulk)
 
 
 def main() -> None:
