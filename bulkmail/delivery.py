@@ -3,6 +3,11 @@
 Database work runs in a thread so the event loop keeps the SMTP connections busy meanwhile; no
 transaction is open while an SMTP command is in flight (claim commits before sending).
 
+Outcomes are written as the replies come in, by one ``Recorder`` per poller, while later
+messages are being sent. The recorder also bounds what a crash can cost: at most
+``completion_batch`` messages are ever handed to SMTP without their outcome committed, so a
+kill -9 sends at most that many twice (after the lease expires, another poller sends them again).
+
 A round never loses what the SMTP server said: when the database is unreachable at the moment
 the outcomes are written, they are written again until it is back (each write is a
 compare-and-set on the claim token, so writing twice changes nothing). A batch is only handed
@@ -37,8 +42,9 @@ DATABASE_DOWN = (exc.OperationalError, exc.InterfaceError)
 @dataclass(frozen=True, kw_only=True)
 class Options:
     worker: str
-    batch: int = 500
-    completion_batch: int = 250  # outcomes written per transaction, as each part is sent
+    batch: int = 1000
+    # Messages handed to SMTP whose outcome is not yet committed, at most: the kill -9 bound.
+    completion_batch: int = 500
     lease: dt.timedelta = dt.timedelta(minutes=5)
     policy: outbox.RetryPolicy = field(default_factory=outbox.RetryPolicy)
 
@@ -118,18 +124,30 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
     return _Prepared(claimed={c.email.id: c for c in claimed}, items=items, unbuildable=unbuildable)
 
 
-def _record(
-    engine: sa.Engine,
-    claimed: list[outbox.Claimed],
-    decided: list[outbox.Outcome],
-    results: list[smtp_protocol.Outcome[int]],
-    options: Options,
-) -> Round:
-    """Complete what was decided or reached the server; release the rest of ``claimed``."""
-    by_id = {entry.email.id: entry for entry in claimed}
-    outcomes = list(decided)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Entry:
+    """Outcomes of some claimed emails, waiting to be written; ``admitted`` of them were
+    handed to SMTP."""
+
+    claimed: list[outbox.Claimed]
+    decided: list[outbox.Outcome]
+    results: list[smtp_protocol.Outcome[int]]
+    admitted: int
+    written: asyncio.Future[Round]
+
+
+def _record(engine: sa.Engine, entries: list[_Entry], options: Options) -> list[Round]:
+    """Write the entries in one transaction; what each of them did."""
+    with transaction(engine) as session:
+        return [_record_entry(session, entry, options) for entry in entries]
+
+
+def _record_entry(session: orm.Session, entry: _Entry, options: Options) -> Round:
+    """Complete what was decided or reached the server; release the rest of the claims."""
+    by_id = {claimed.email.id: claimed for claimed in entry.claimed}
+    outcomes = list(entry.decided)
     answered = {outcome.claimed.email.id for outcome in outcomes}
-    for result in results:
+    for result in entry.results:
         if not result.attempted:
             continue
         reply = result.detail
@@ -140,10 +158,9 @@ def _record(
             outbox.Outcome(claimed=by_id[result.key], kind=_KINDS[result.kind], reply=reply)
         )
         answered.add(result.key)
-    unsent = [(key, entry.claim_token) for key, entry in by_id.items() if key not in answered]
-    with transaction(engine) as session:
-        done = outbox.complete(session, outcomes, policy=options.policy)
-        released = outbox.release(session, unsent)
+    unsent = [(key, claimed.claim_token) for key, claimed in by_id.items() if key not in answered]
+    done = outbox.complete(session, outcomes, policy=options.policy)
+    released = outbox.release(session, unsent)
     return Round(
         sent=done.sent,
         retried=done.retried,
@@ -153,27 +170,94 @@ def _record(
     )
 
 
-async def _record_until_done(
-    engine: sa.Engine,
-    claimed: list[outbox.Claimed],
-    decided: list[outbox.Outcome],
-    results: list[smtp_protocol.Outcome[int]],
-    options: Options,
-) -> Round:
-    delay = 0.5
-    while True:
-        try:
-            return await asyncio.to_thread(_record, engine, claimed, decided, results, options)
-        except DATABASE_DOWN as error:
-            # Dropping the outcomes would have the reaper send these messages a second time.
-            logger.warning(
-                "cannot record the outcomes of %d emails (%s); retrying in %.1f s",
-                len(claimed),
-                summary(error),
-                delay,
+class Recorder:
+    """Writes outcomes while later messages are sent, one transaction at a time, each holding
+    every outcome that arrived while the one before was written.
+
+    Sending waits (``admit``) while ``completion_batch`` messages are out without a committed
+    outcome, which bounds the duplicates a kill -9 can cause. A database outage therefore stops
+    sending until the outcomes so far are written.
+    """
+
+    def __init__(self, engine: sa.Engine, options: Options) -> None:
+        self._engine = engine
+        self._options = options
+        self._free = options.completion_batch
+        self._window = asyncio.Condition()
+        self._queue: list[_Entry] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def part(self) -> int:
+        """How many messages to hand to SMTP at a time: a few parts fill the window."""
+        return max(1, self._options.completion_batch // 2)
+
+    async def admit(self, count: int) -> None:
+        """Wait until ``count`` more messages may be handed to SMTP."""
+        async with self._window:
+            await self._window.wait_for(lambda: self._free >= count)
+            self._free -= count
+
+    async def record(
+        self,
+        claimed: list[outbox.Claimed],
+        decided: list[outbox.Outcome],
+        results: list[smtp_protocol.Outcome[int]],
+        *,
+        admitted: int = 0,
+    ) -> Round:
+        """Write these outcomes (and release the claims without one); returns once committed."""
+        written: asyncio.Future[Round] = asyncio.get_running_loop().create_future()
+        self._queue.append(
+            _Entry(
+                claimed=claimed,
+                decided=decided,
+                results=results,
+                admitted=admitted,
+                written=written,
             )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        )
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all())
+        # Shielded: a round that is cancelled while waiting still gets its outcomes written.
+        return await asyncio.shield(written)
+
+    async def _write_all(self) -> None:
+        while self._queue:
+            entries, self._queue = self._queue, []
+            try:
+                done = await self._write(entries)
+            except Exception as error:
+                # Not an outage (those are waited out): the rounds waiting on these see it.
+                for entry in entries:
+                    entry.written.set_exception(error)
+                continue
+            except BaseException:
+                for entry in entries:
+                    entry.written.cancel()
+                raise
+            finally:
+                async with self._window:
+                    self._free += sum(entry.admitted for entry in entries)
+                    self._window.notify_all()
+            for entry, result in zip(entries, done, strict=True):
+                entry.written.set_result(result)
+
+    async def _write(self, entries: list[_Entry]) -> list[Round]:
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(_record, self._engine, entries, self._options)
+            except DATABASE_DOWN as error:
+                # Dropping the outcomes would have the reaper send these messages a second time.
+                logger.warning(
+                    "cannot record the outcomes of %d emails (%s); retrying in %.1f s",
+                    sum(len(entry.claimed) for entry in entries),
+                    summary(error),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
 
 async def _sendable(
@@ -207,14 +291,14 @@ async def run_round(
     cache: mime.PartCache,
     limiter: ratelimit.RateLimiter | None = None,
     in_flight: set[uuid.UUID] | None = None,
+    recorder: Recorder | None = None,
 ) -> Round:
     """Claim, build, send and complete one batch; returns what happened to it.
 
     While the batch is out, its claim token is in ``in_flight``, for the caller to renew.
 
-    The batch goes to the server in parts of ``options.completion_batch`` messages, and each
-    part is recorded as soon as its replies are in, while the next parts are being sent: a
-    slow message holds back the outcomes of its own part only.
+    The batch goes to the server in parts, each part's outcomes to ``recorder`` (the poller's
+    one, shared by its rounds) as soon as its replies are in, while the next parts are sent.
 
     Raises one of ``DATABASE_DOWN`` when the claim cannot be made; once a batch is claimed,
     its outcomes are written whatever it takes.
@@ -227,40 +311,41 @@ async def run_round(
     if in_flight is not None:
         in_flight |= tokens
     try:
-        return await _send_claimed(engine, sender, options, limiter, prepared, claimed_at)
+        return await _send_claimed(
+            sender, options, limiter, prepared, claimed_at, recorder or Recorder(engine, options)
+        )
     finally:
         if in_flight is not None:
             in_flight -= tokens
 
 
 async def _send_claimed(
-    engine: sa.Engine,
     sender: smtp.Sender,
     options: Options,
     limiter: ratelimit.RateLimiter | None,
     prepared: _Prepared,
     claimed_at: float,
+    recorder: Recorder,
 ) -> Round:
     items = await _sendable(prepared.items, claimed_at, options, limiter)
-    size = options.completion_batch
-    parts = [items[start : start + size] for start in range(0, len(items), size)]
     sending = {item.key for item in items}
     rest = [entry for key, entry in prepared.claimed.items() if key not in sending]
 
     async def deliver(part: list[Item]) -> Round:
         results = await sender.send_batch(part)
         claimed = [prepared.claimed[item.key] for item in part]
-        return await _record_until_done(engine, claimed, [], results, options)
+        return await recorder.record(claimed, [], results, admitted=len(part))
 
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(deliver(part)) for part in parts]
+        tasks = []
         if rest:
             # Messages that cannot be built fail, a batch held too long is released: at once.
-            tasks.append(
-                group.create_task(
-                    _record_until_done(engine, rest, prepared.unbuildable, [], options)
-                )
-            )
+            tasks.append(group.create_task(recorder.record(rest, prepared.unbuildable, [])))
+        size = recorder.part
+        for start in range(0, len(items), size):
+            part = items[start : start + size]
+            await recorder.admit(len(part))
+            tasks.append(group.create_task(deliver(part)))
     done = [task.result() for task in tasks]
     return Round(
         claimed=len(prepared.claimed),

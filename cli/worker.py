@@ -21,9 +21,17 @@ def worker() -> None:
 @click.option(
     "--batch",
     type=click.IntRange(1, 10_000),
+    default=1000,
+    show_default=True,
+    help="Emails claimed per round.",
+)
+@click.option(
+    "--completion-batch",
+    type=click.IntRange(1, 10_000),
     default=500,
     show_default=True,
-    help="Emails claimed per round; after a kill -9, at most 2 x this may be sent twice.",
+    help="Messages sent whose outcome is not yet written, at most: after a kill -9, at most "
+    "this many may be sent twice.",
 )
 @click.option(
     "--lease",
@@ -70,6 +78,7 @@ def poller(
     app: App,
     concurrency: int | None,
     batch: int,
+    completion_batch: int,
     lease: float,
     exit_when_idle: bool,
     grace: float,
@@ -86,6 +95,7 @@ def poller(
             app.settings,
             connections=concurrency,
             batch=batch,
+            completion_batch=completion_batch,
             lease=dt.timedelta(seconds=lease),
             exit_when_idle=exit_when_idle,
             grace=grace,

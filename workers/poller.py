@@ -54,8 +54,8 @@ class Config:
     smtp_url: str
     policy: outbox.RetryPolicy
     connections: int | None = None  # SMTP connections; None keeps the URL's (default 8)
-    batch: int = 500
-    completion_batch: int = 250  # outcomes written per transaction (delivery.Options)
+    batch: int = 1000
+    completion_batch: int = 500  # sent without a committed outcome, at most (delivery.Options)
     lease: dt.timedelta = dt.timedelta(minutes=5)
     rounds: int = 2  # rounds in flight: one's database work overlaps another's SMTP traffic
     exit_when_idle: bool = False
@@ -111,6 +111,7 @@ class Poller:
         self.stopping = asyncio.Event()
         self._cache = mime.PartCache()
         self._in_flight: set[uuid.UUID] = set()
+        self._recorder = delivery.Recorder(self.engine, self.options)
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -157,7 +158,13 @@ class Poller:
             woken.clear()
             try:
                 done = await delivery.run_round(
-                    self.engine, sender, self.options, self._cache, limiter, self._in_flight
+                    self.engine,
+                    sender,
+                    self.options,
+                    self._cache,
+                    limiter,
+                    self._in_flight,
+                    self._recorder,
                 )
             except delivery.DATABASE_DOWN as error:
                 # The database went away: wait and try again rather than crash-looping.
