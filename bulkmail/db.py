@@ -39,15 +39,15 @@ def _json_loads(data: str | bytes | bytearray | memoryview) -> Any:
     """json.loads, quicker for what a poller loads three times per email: a list of addresses.
 
     PostgreSQL writes jsonb out canonically (``["a@x", "b@y"]``), so a list of strings without
-    escapes splits on its separators; anything else, and any string holding a quote (as a
-    mis-split would), goes to json.loads.
+    escapes splits on its separators; anything else, and any string holding a quote (then the
+    quotes outnumber two per item), goes to json.loads.
     """
     text = data if isinstance(data, str) else bytes(data).decode("utf-8")
     if text == "[]":
         return []
     if text.startswith('["') and text.endswith('"]') and "\\" not in text:
         items = text[2:-2].split('", "')
-        if not any('"' in item for item in items):
+        if text.count('"') == 2 * len(items):
             return items
     return json.loads(text)
 
