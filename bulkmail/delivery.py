@@ -290,12 +290,13 @@ async def run_round(
     options: Options,
     cache: mime.PartCache,
     limiter: ratelimit.RateLimiter | None = None,
-    in_flight: set[uuid.UUID] | None = None,
+    in_flight: dict[uuid.UUID, float] | None = None,
     recorder: Recorder | None = None,
 ) -> Round:
     """Claim, build, send and complete one batch; returns what happened to it.
 
-    While the batch is out, its claim token is in ``in_flight``, for the caller to renew.
+    While the batch is out, its claim token is in ``in_flight`` with the (monotonic) time of
+    the claim, for the caller to renew.
 
     The batch goes to the server in parts, each part's outcomes to ``recorder`` (the poller's
     one, shared by its rounds) as soon as its replies are in, while the next parts are sent.
@@ -309,14 +310,15 @@ async def run_round(
         return Round()
     tokens = {entry.claim_token for entry in prepared.claimed.values()}
     if in_flight is not None:
-        in_flight |= tokens
+        in_flight.update(dict.fromkeys(tokens, claimed_at))
     try:
         return await _send_claimed(
             sender, options, limiter, prepared, claimed_at, recorder or Recorder(engine, options)
         )
     finally:
         if in_flight is not None:
-            in_flight -= tokens
+            for token in tokens:
+                in_flight.pop(token, None)
 
 
 async def _send_claimed(

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -110,7 +111,8 @@ class Poller:
         )
         self.stopping = asyncio.Event()
         self._cache = mime.PartCache()
-        self._in_flight: set[uuid.UUID] = set()
+        self._in_flight: dict[uuid.UUID, float] = {}  # claim token -> when it was claimed
+        self._renewed: dict[uuid.UUID, float] = {}  # claim token -> last renewal (beat only)
         self._recorder = delivery.Recorder(self.engine, self.options)
 
     def stop(self) -> None:
@@ -216,9 +218,19 @@ class Poller:
             await asyncio.sleep(seconds)
 
     def _beat(self) -> None:
+        now = time.monotonic()
+        claimed = dict(self._in_flight)  # one atomic copy: the event loop changes the original
+        renewed = {token: self._renewed.get(token, at) for token, at in claimed.items()}
+        # Renewing is a row update per email: only leases a sixth used up, which beats every
+        # third of a lease still keep well ahead of the reaper.
+        due = [token for token, at in renewed.items() if now - at >= self._renew_after()]
         with delivery.transaction(self.engine) as session:
             heartbeats.beat(session, self.identity, **self.totals)
-            outbox.renew(session, set(self._in_flight), lease=self.config.lease)
+            outbox.renew(session, due, lease=self.config.lease)
+        self._renewed = {**renewed, **dict.fromkeys(due, now)}
+
+    def _renew_after(self) -> float:
+        return self.config.lease.total_seconds() / 6
 
     def _beat_interval(self) -> float:
         return min(self.config.heartbeat_interval, self.config.lease.total_seconds() / 3)
