@@ -20,8 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
-# (script, flag for N, N at BENCH_SCALE=1)
+# (script, flag for N, N at BENCH_SCALE=1). django-post_office goes first: the expansion and
+# end-to-end rows compare against its rates from this run.
 BENCHMARKS = [
+    ("bench_post_office.py", "--n", 20_000),
     ("bench_mime.py", "--n", 20_000),
     ("bench_import.py", "--n", 1_000_000),
     ("bench_expansion.py", "--n", 1_000_000),
@@ -31,10 +33,14 @@ BENCHMARKS = [
 ]
 
 
-def _run(script: str, flag: str, n: int) -> dict[str, object]:
+# The post_office rate each script compares against.
+REFERENCES = {"bench_expansion.py": "store_per_s", "bench_end_to_end.py": "end_to_end_per_s"}
+
+
+def _run(script: str, flag: str, n: int, extra: list[str]) -> dict[str, object]:
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, str(HERE / script), flag, str(n), "--json"],
+        [sys.executable, str(HERE / script), flag, str(n), "--json", *extra],
         capture_output=True,
         text=True,
         check=False,
@@ -54,7 +60,8 @@ def main() -> int:
     parser.add_argument("--only", action="append", help="run only these scripts (repeatable)")
     args = parser.parse_args()
     scale = float(os.environ.get("BENCH_SCALE", "1"))
-    rows = []
+    rows: list[dict[str, object]] = []
+    post_office: dict[str, object] = {}
     console = Console()
     for script, flag, n in BENCHMARKS:
         if args.only and script not in args.only:
@@ -63,7 +70,11 @@ def main() -> int:
             continue
         scaled = max(100, int(n * scale))
         console.print(f"running {script} {flag} {scaled} ...")
-        rows.append(_run(script, flag, scaled))
+        measured = post_office.get(REFERENCES.get(script, ""))
+        extra = ["--reference", str(measured)] if measured else []
+        rows.append(_run(script, flag, scaled, extra))
+        if script == "bench_post_office.py":
+            post_office = rows[-1]
     table = Table(title=f"bulkmail benchmarks (BENCH_SCALE={scale:g})")
     for column in ("phase", "N", "rate /s", "reference /s", "ratio", "peak RSS MB", "note"):
         table.add_column(column)
