@@ -176,14 +176,16 @@ class Recorder:
 
     Sending waits (``admit``) while ``completion_batch`` messages are out without a committed
     outcome, which bounds the duplicates a kill -9 can cause. A database outage therefore stops
-    sending until the outcomes so far are written.
+    sending until the outcomes so far are written. Once closed (the poller is stopping) it
+    admits nothing more: rounds release what they have not handed to SMTP yet.
     """
 
     def __init__(self, engine: sa.Engine, options: Options) -> None:
         self._engine = engine
         self._options = options
         self._free = options.completion_batch
-        self._window = asyncio.Condition()
+        self._freed = asyncio.Event()
+        self._closed = False
         self._queue: list[_Entry] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -192,11 +194,19 @@ class Recorder:
         """How many messages to hand to SMTP at a time: a few parts fill the window."""
         return max(1, self._options.completion_batch // 2)
 
-    async def admit(self, count: int) -> None:
-        """Wait until ``count`` more messages may be handed to SMTP."""
-        async with self._window:
-            await self._window.wait_for(lambda: self._free >= count)
-            self._free -= count
+    async def admit(self, count: int) -> bool:
+        """Wait until ``count`` more messages may be handed to SMTP; False once closed."""
+        while not self._closed and self._free < count:
+            self._freed.clear()
+            await self._freed.wait()
+        if self._closed:
+            return False
+        self._free -= count
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._freed.set()
 
     async def record(
         self,
@@ -237,9 +247,8 @@ class Recorder:
                     entry.written.cancel()
                 raise
             finally:
-                async with self._window:
-                    self._free += sum(entry.admitted for entry in entries)
-                    self._window.notify_all()
+                self._free += sum(entry.admitted for entry in entries)
+                self._freed.set()
             for entry, result in zip(entries, done, strict=True):
                 entry.written.set_result(result)
 
@@ -346,7 +355,11 @@ async def _send_claimed(
         size = recorder.part
         for start in range(0, len(items), size):
             part = items[start : start + size]
-            await recorder.admit(len(part))
+            if not await recorder.admit(len(part)):
+                # Stopping: what SMTP has not got yet goes back to Pending Send at once.
+                unsent = [prepared.claimed[item.key] for item in items[start:]]
+                tasks.append(group.create_task(recorder.record(unsent, [], [])))
+                break
             tasks.append(group.create_task(deliver(part)))
     done = [task.result() for task in tasks]
     return Round(

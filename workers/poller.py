@@ -2,17 +2,19 @@
 
     while not stopping: claim a batch -> build -> send -> complete; idle: wait for NOTIFY or poll
 
-SIGTERM/SIGINT stop the claiming; rounds in flight finish and are recorded; the process exits 0
-within the grace period. Anything still claimed after the grace period stays Sending until its
-lease expires and the reaper returns it: releasing it could send a message twice.
+SIGTERM/SIGINT stop the claiming; what SMTP already has is finished and recorded, claimed
+emails not handed over yet are released at once; the process exits 0 within the grace period.
+Anything still claimed after the grace period stays Sending until its lease expires and the
+reaper returns it: releasing it could send a message twice.
 
 A database outage or an SMTP server that takes no connections is waited out with a backoff from
 1 s to 30 s, never a crash or a busy loop. Outcomes that arrived during a database outage are
 written once it is back.
 
 Duplicates: a message is sent twice only when the server accepted it and the poller died (or
-was stopped past its lease) before the outcome was committed. Those are the messages of the
-rounds in flight, so a poller killed with ``kill -9`` causes at most ``rounds x batch``.
+was stopped past its lease) before the outcome was committed. The recorder never lets more than
+``completion_batch`` messages be out without a committed outcome, so a poller killed with
+``kill -9`` causes at most that many.
 """
 
 from __future__ import annotations
@@ -116,9 +118,11 @@ class Poller:
         self._recorder = delivery.Recorder(self.engine, self.options)
 
     def stop(self) -> None:
+        """SIGTERM/SIGINT: no new claims; finish what SMTP has, release the rest."""
         if not self.stopping.is_set():
-            logger.info("stopping: no new claims; finishing the rounds in flight")
+            logger.info("stopping: no new claims; finishing what SMTP has, releasing the rest")
             self.stopping.set()
+        self._recorder.close()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -194,7 +198,8 @@ class Poller:
             if done.claimed:
                 continue
             if self.config.exit_when_idle:
-                self.stop()
+                # Nothing is due: no more claims, but the other rounds send all they claimed.
+                self.stopping.set()
                 break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.poll_interval):

@@ -349,3 +349,28 @@ def test_without_redis_the_rate_limit_holds_and_nothing_is_sent(engine: sa.Engin
     assert ledger.connections == 0
     for row in mailserver.emails(engine, ids):
         assert (row.current_status, row.delivery_attempts) == (Status.PENDING_SEND, 0)
+
+
+def test_a_stopping_poller_releases_what_smtp_has_not_got(engine: sa.Engine) -> None:
+    sender = mailserver.add_sender(engine)
+    ids = mailserver.insert_pending(engine, sender, 20)
+    ledger = mailserver.Ledger()
+    options = delivery.Options(worker="test-worker", batch=20, completion_batch=10)
+    with mailserver.serving(ledger) as port:
+        settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+
+        async def run() -> delivery.Round:
+            recorder = delivery.Recorder(engine, options)
+            recorder.close()  # what a SIGTERM does
+            async with smtp.Sender(settings) as smtp_sender:
+                return await delivery.run_round(
+                    engine, smtp_sender, options, mime.PartCache(), recorder=recorder
+                )
+
+        done = asyncio.run(run())
+
+    assert (done.claimed, done.released, done.sent) == (20, 20, 0)
+    assert ledger.deliveries() == []
+    for row in mailserver.emails(engine, ids):
+        assert row.current_status is Status.PENDING_SEND
+        assert (row.delivery_attempts, row.claim_token) == (0, None)
