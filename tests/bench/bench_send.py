@@ -242,7 +242,7 @@ def main() -> None:
         reference_seconds = smtp_source(port, args.n, args.size, args.sessions)
     rate, reference = args.n / seconds, args.n / reference_seconds
     result = {
-        "phase": "send",
+        "phase": f"send, {args.pollers} poller{'s' if args.pollers > 1 else ''}",
         "n": args.n,
         "rate": round(rate),
         "reference": round(reference),
