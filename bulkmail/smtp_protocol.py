@@ -317,7 +317,7 @@ def _split_enhanced(code: int, text: bytes) -> tuple[str | None, bytes]:
 
 def _single_line_reply(code: int, text: bytes) -> Reply:
     enhanced, rest = _split_enhanced(code, text)
-    return Reply(code=code, enhanced=enhanced, text=rest.decode("utf-8", "replace"))
+    return Reply(code=code, enhanced=enhanced, text=_reply_text(rest))
 
 
 def _multi_line_reply(lines: list[bytes]) -> Reply:
@@ -329,7 +329,13 @@ def _multi_line_reply(lines: list[bytes]) -> Reply:
         if enhanced is not None and text.startswith(enhanced.encode()):
             text = text[len(enhanced) :].lstrip(b" ")
         texts.append(text)
-    return Reply(code=code, enhanced=enhanced, text=b"\n".join(texts).decode("utf-8", "replace"))
+    return Reply(code=code, enhanced=enhanced, text=_reply_text(b"\n".join(texts)))
+
+
+def _reply_text(raw: bytes) -> str:
+    # Replies are stored with the email, and a database text column cannot hold NUL: a server
+    # that sends one gets U+FFFD in its place, as undecodable bytes do.
+    return raw.decode("utf-8", "replace").replace("\0", "\ufffd")
 
 
 # --- EHLO ------------------------------------------------------------------------------------

@@ -144,6 +144,12 @@ def test_non_ascii_text_is_decoded_and_invalid_bytes_replaced() -> None:
     assert broken.text == "bad \ufffd\ufffd"
 
 
+def test_nul_in_a_reply_is_replaced_so_the_reply_can_be_stored() -> None:
+    [single, multi] = parse(b"250 2.0.0 queued\0as X\r\n", b"550-a\0\r\n550 b\r\n")
+    assert single.text == "queued\ufffdas X"
+    assert multi.text == "a\ufffd\nb"
+
+
 def test_bare_lf_line_ends_are_accepted() -> None:
     assert parse(b"250-a\n250 b\n") == [Reply(code=250, text="a\nb")]
 
