@@ -27,20 +27,16 @@ Sent emails. End to end is the time from the start of store to that count.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-PG_ADMIN = os.environ.get("BULKMAIL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 VENV = Path(__file__).resolve().parents[2] / ".bench-venv" / "post_office"
 REQUIREMENTS = ("django==5.2.19", "django-post_office==3.12.0", "psycopg[binary]==3.3.9")
 DISTRIBUTIONS = ("django", "django-post_office", "psycopg")
@@ -68,28 +64,14 @@ def bench_python() -> Path:
     return python
 
 
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    # bench_send needs the project's venv, which the bench venv (--inside) does not have.
-    from bench_send import admin
-
-    name = f"bulkmail_bench_po_{os.getpid()}"
-    admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin(f"CREATE DATABASE {name}")
-    try:
-        yield urlsplit(PG_ADMIN)._replace(path=f"/{name}").geturl()
-    finally:
-        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def measure_in_venv(n: int) -> dict[str, Any]:
     from bench_expansion import HTML, SUBJECT, TEXT
-    from bench_send import free_port, smtp_sink
+    from bench_send import empty_database, free_port, smtp_sink
 
     python = bench_python()
     template = {"subject": SUBJECT, "html": HTML, "text": TEXT}
     port = free_port()
-    with smtp_sink(port), fresh_database() as url:
+    with smtp_sink(port), empty_database("bulkmail_bench_po") as url:
         command = [str(python), __file__, "--inside", "--n", str(n)]
         done = subprocess.run(
             [*command, "--database-url", url, "--port", str(port)],

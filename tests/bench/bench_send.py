@@ -86,19 +86,27 @@ def admin(sql: str) -> None:
 
 
 @contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"bulkmail_bench_send_{os.getpid()}"
+def empty_database(prefix: str) -> Iterator[str]:
+    """A new empty database next to PG_ADMIN's, named after ``prefix``, dropped afterwards."""
+    name = f"{prefix}_{os.getpid()}"
     admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin(f"CREATE DATABASE {name}")
     try:
-        url = sa.engine.make_url(PG_ADMIN).set(drivername="postgresql+psycopg", database=name)
+        yield sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(False)
+    finally:
+        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new database with bulkmail's schema, its SQLAlchemy URL; dropped afterwards."""
+    with empty_database("bulkmail_bench_send") as libpq:
+        url = sa.engine.make_url(libpq).set(drivername="postgresql+psycopg")
         rendered = url.render_as_string(hide_password=False)
         engine = db.make_engine(rendered, poolclass=sa.NullPool)
         migrate.upgrade(engine)
         engine.dispose()
         yield rendered
-    finally:
-        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def insert_pending(url: str, n: int, size: int) -> None:
