@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from bulkmail import db, mailboxes, models, organization, outbox
 from bulkmail.status import Status
+from tests import mailserver
 
 LEASE = dt.timedelta(minutes=5)
 
@@ -18,34 +19,6 @@ LEASE = dt.timedelta(minutes=5)
 def _sender(engine: sa.Engine) -> int:
     with db.session_scope(engine) as session:
         return mailboxes.add_user(session, name="Sam", email="sam@example.org").id
-
-
-def _pending(engine: sa.Engine, sender_id: int, count: int, **fields: object) -> list[int]:
-    """Insert ``count`` Pending Send emails in one statement; returns their ids in order."""
-    now = models.utcnow()
-    rows = [
-        {
-            "statecode": 1,
-            "statuscode": int(Status.PENDING_SEND),
-            "direction": 1,
-            "sender_user_id": sender_id,
-            "from_address": "sam@example.org",
-            "to_addresses": [f"r{i}@example.com"],
-            "cc_addresses": [],
-            "bcc_addresses": [],
-            "subject": f"s{i}",
-            "priority": 1,
-            "delivery_attempts": 0,
-            "message_id": f"{uuid.uuid4().hex}@example.org",
-            "tracking_token": uuid.uuid4(),
-            "created_at": now,
-            "modified_at": now,
-            **fields,
-        }
-        for i in range(count)
-    ]
-    with db.session_scope(engine) as session:
-        return list(session.scalars(sa.insert(models.Email).returning(models.Email.id), rows))
 
 
 def _claim(
@@ -65,12 +38,14 @@ def _email(engine: sa.Engine, email_id: int) -> models.Email:
 def test_claim_takes_due_emails_by_priority_then_age(engine: sa.Engine) -> None:
     sender = _sender(engine)
     now = models.utcnow()
-    low = _pending(engine, sender, 2, priority=0)
-    normal = _pending(engine, sender, 2)
-    high = _pending(engine, sender, 2, priority=2)
-    _pending(engine, sender, 1, send_after=now + dt.timedelta(hours=1))
-    _pending(engine, sender, 1, next_attempt_at=now + dt.timedelta(minutes=1))
-    _pending(engine, sender, 1, priority=2, statuscode=int(Status.DRAFT), statecode=0)
+    low = mailserver.insert_pending(engine, sender, 2, priority=0)
+    normal = mailserver.insert_pending(engine, sender, 2)
+    high = mailserver.insert_pending(engine, sender, 2, priority=2)
+    mailserver.insert_pending(engine, sender, 1, send_after=now + dt.timedelta(hours=1))
+    mailserver.insert_pending(engine, sender, 1, next_attempt_at=now + dt.timedelta(minutes=1))
+    mailserver.insert_pending(
+        engine, sender, 1, priority=2, statuscode=int(Status.DRAFT), statecode=0
+    )
     claimed = _claim(engine, limit=5)
     assert [c.email.id for c in claimed] == [*high, *normal, low[0]]
     assert len({c.claim_token for c in claimed}) == 1
@@ -88,7 +63,7 @@ def test_claim_takes_due_emails_by_priority_then_age(engine: sa.Engine) -> None:
 def test_past_send_after_and_next_attempt_are_due(engine: sa.Engine) -> None:
     sender = _sender(engine)
     past = models.utcnow() - dt.timedelta(seconds=1)
-    ids = _pending(engine, sender, 2, send_after=past, next_attempt_at=past)
+    ids = mailserver.insert_pending(engine, sender, 2, send_after=past, next_attempt_at=past)
     assert sorted(c.email.id for c in _claim(engine)) == ids
 
 
@@ -97,8 +72,10 @@ def test_unapproved_sender_fails_at_claim_and_never_is_returned(engine: sa.Engin
     with db.session_scope(engine) as session:
         queue = mailboxes.add_queue(session, name="News", email="news@example.org")
         organization.update(session, require_approval_user=True)
-    blocked = _pending(engine, sender, 3)
-    allowed = _pending(engine, sender, 2, sender_user_id=None, sender_queue_id=queue.id)
+    blocked = mailserver.insert_pending(engine, sender, 3)
+    allowed = mailserver.insert_pending(
+        engine, sender, 2, sender_user_id=None, sender_queue_id=queue.id
+    )
     claimed = _claim(engine)
     assert [c.email.id for c in claimed] == allowed
     for email_id in blocked:
@@ -112,7 +89,7 @@ def test_unapproved_sender_fails_at_claim_and_never_is_returned(engine: sa.Engin
 
 def test_complete_writes_each_outcome(engine: sa.Engine) -> None:
     sender = _sender(engine)
-    sent, retry, failed = _pending(engine, sender, 3)
+    sent, retry, failed = mailserver.insert_pending(engine, sender, 3)
     claimed = {c.email.id: c for c in _claim(engine)}
     now = models.utcnow()
     with db.session_scope(engine) as session:
@@ -156,7 +133,7 @@ def test_backoff_doubles_and_is_capped() -> None:
 def test_retry_gives_up_after_max_attempts_and_lifetime(engine: sa.Engine) -> None:
     sender = _sender(engine)
     policy = outbox.RetryPolicy(max_attempts=2, first_retry=dt.timedelta(0))
-    (email_id,) = _pending(engine, sender, 1)
+    (email_id,) = mailserver.insert_pending(engine, sender, 1)
     for attempt in (1, 2):
         (claimed,) = _claim(engine)
         assert claimed.email.delivery_attempts == attempt
@@ -171,7 +148,7 @@ def test_retry_gives_up_after_max_attempts_and_lifetime(engine: sa.Engine) -> No
     assert row.failure_reason == "gave up after 2 attempts: 421 4.4.2 bye"
 
     old = models.utcnow() - dt.timedelta(days=6)
-    (aged,) = _pending(engine, sender, 1, created_at=old)
+    (aged,) = mailserver.insert_pending(engine, sender, 1, created_at=old)
     (claimed,) = _claim(engine)
     with db.session_scope(engine) as session:
         outbox.complete(session, [outbox.Outcome(claimed=claimed, kind="retry", reply="450")])
@@ -180,7 +157,7 @@ def test_retry_gives_up_after_max_attempts_and_lifetime(engine: sa.Engine) -> No
 
 def test_stale_completion_changes_nothing(engine: sa.Engine) -> None:
     sender = _sender(engine)
-    (email_id,) = _pending(engine, sender, 1)
+    (email_id,) = mailserver.insert_pending(engine, sender, 1)
     (stale,) = _claim(engine, worker="slow")
     later = models.utcnow() + LEASE + dt.timedelta(seconds=1)
     with db.session_scope(engine) as session:
@@ -202,7 +179,7 @@ def test_stale_completion_changes_nothing(engine: sa.Engine) -> None:
 
 def test_release_returns_unsent_claims_uncounted(engine: sa.Engine) -> None:
     sender = _sender(engine)
-    ids = _pending(engine, sender, 3)
+    ids = mailserver.insert_pending(engine, sender, 3)
     claimed = _claim(engine)
     with db.session_scope(engine) as session:
         released = outbox.release(session, [(c.email.id, c.claim_token) for c in claimed[1:]])
@@ -220,8 +197,8 @@ def test_release_returns_unsent_claims_uncounted(engine: sa.Engine) -> None:
 
 def test_reaper_returns_expired_leases_and_fails_exhausted_ones(engine: sa.Engine) -> None:
     sender = _sender(engine)
-    fresh = _pending(engine, sender, 1)
-    tired = _pending(engine, sender, 1, delivery_attempts=9)
+    fresh = mailserver.insert_pending(engine, sender, 1)
+    tired = mailserver.insert_pending(engine, sender, 1, delivery_attempts=9)
     _claim(engine)
     with db.session_scope(engine) as session:
         assert outbox.reap(session) == 0
@@ -246,7 +223,7 @@ def test_concurrent_claimers_each_get_an_email_exactly_once(db_url: str) -> None
         total = 50_000 if postgres else 3_000
         sender = _sender(engine)
         for start in range(0, total, 10_000):
-            _pending(engine, sender, min(10_000, total - start))
+            mailserver.insert_pending(engine, sender, min(10_000, total - start))
         claims: Counter[int] = Counter()
         lock = threading.Lock()
         failures: list[BaseException] = []
@@ -287,7 +264,7 @@ def test_concurrent_claimers_each_get_an_email_exactly_once(db_url: str) -> None
 
 def test_renew_keeps_a_live_claim_from_the_reaper(engine: sa.Engine) -> None:
     sender = _sender(engine)
-    mine, other = _pending(engine, sender, 2)
+    mine, other = mailserver.insert_pending(engine, sender, 2)
     claimed = {c.email.id: c for c in _claim(engine)}
     later = models.utcnow() + LEASE - dt.timedelta(seconds=1)
     with db.session_scope(engine) as session:
