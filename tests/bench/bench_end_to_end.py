@@ -24,19 +24,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench_expansion import (
-    BROKER,
     HTML,
     SUBJECT,
     TEXT,
     pool_process,
     seed_contacts,
     start_worker,
+    submit,
 )
 from bench_post_office import reference as post_office_reference
 from bench_send import BULKMAIL, PeakRss, free_port, fresh_database, smtp_sink
 
-from bulkmail import bulk, db, mailboxes, settings, templates
-from workers import celery_app
+from bulkmail import bulk, db, mailboxes, templates
 
 
 def prepare(url: str, n: int) -> None:
@@ -87,17 +86,7 @@ def run(n: int, poller_count: int) -> dict[str, object]:
                     pool = pool_process(worker)
                     sampler = PeakRss([worker.pid, pool, *pids])
                     started = time.perf_counter()
-                    with db.session_scope(engine) as session:
-                        operation_id = bulk.send_bulk_mail(
-                            session,
-                            template_name="autumn",
-                            sender_address="news@example.org",
-                            query="country = 'DE'",
-                        ).id
-                    app = celery_app.make_app(
-                        settings.Settings(database_url=url, broker_url=BROKER)
-                    )
-                    app.send_task("bulkmail.expand", args=[operation_id])
+                    operation_id = submit(engine, url)
                     while True:
                         with db.session_scope(engine) as session:
                             op = bulk.get(session, operation_id)

@@ -138,21 +138,27 @@ def peak_rss_mb(pid: int) -> float:
     raise SystemExit(f"no VmHWM for process {pid}")
 
 
+def submit(engine: sa.Engine, url: str) -> int:
+    """SendBulkMail of the seeded template to every contact, queued for the worker; its id."""
+    with db.session_scope(engine) as session:
+        operation_id = bulk.send_bulk_mail(
+            session,
+            template_name="autumn",
+            sender_address="news@example.org",
+            query="country = 'DE'",
+        ).id
+    app = celery_app.make_app(settings.Settings(database_url=url, broker_url=BROKER))
+    app.send_task("bulkmail.expand", args=[operation_id])
+    return operation_id
+
+
 def expand(url: str, batch: int) -> dict[str, object]:
     engine = db.make_engine(url)
     with tempfile.TemporaryDirectory() as scratch:
         worker = start_worker(url, batch, Path(scratch) / "worker.log")
         try:
             pool = pool_process(worker)
-            with db.session_scope(engine) as session:
-                operation_id = bulk.send_bulk_mail(
-                    session,
-                    template_name="autumn",
-                    sender_address="news@example.org",
-                    query="country = 'DE'",
-                ).id
-            app = celery_app.make_app(settings.Settings(database_url=url, broker_url=BROKER))
-            app.send_task("bulkmail.expand", args=[operation_id])
+            operation_id = submit(engine, url)
             while True:
                 with db.session_scope(engine) as session:
                     operation = bulk.get(session, operation_id)
