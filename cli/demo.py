@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def demo(contacts: int, smtp_url: str | None) -> None:
         for sample in summary.samples:
             console.print(f"  {sample}")
     console.print("\nnext, in this folder:")
+    if shutil.which("bulkmail") is None:
+        # `make demo` runs the virtualenv's bulkmail without putting it on the PATH.
+        console.print(f"  . {Path(sys.prefix, 'bin', 'activate')}", highlight=False)
     console.print("  export BULKMAIL_DATABASE_URL=sqlite:///bulkmail-demo.db")
     for command in (
         f"bulkmail bulk status {op['id']}",
