@@ -397,16 +397,9 @@ def _update_claimed(
         .where(E.id == batch.c.b_id, E.claim_token == batch.c.b_token)
         .values(**per_email)
     )
-    rows = json.dumps(
-        [{**params, "b_token": str(params["b_token"])} for params in params_list], default=_iso
-    )
+    # str() writes the tokens (UUIDs) and retry times (aware datetimes) as PostgreSQL reads them.
+    rows = json.dumps(params_list, default=str)
     return _rowcount(connection.execute(statement, {"b_rows": rows}))
-
-
-def _iso(value: object) -> str:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def renew(
