@@ -228,7 +228,8 @@ class Email(Base):
     last_smtp_reply: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     failure_reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     message_id: orm.Mapped[str] = orm.mapped_column(sa.String(998), unique=True)
-    tracking_token: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.Uuid, unique=True)
+    # Random, so unique by construction; not indexed, as nothing looks it up (migration 0006).
+    tracking_token: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.Uuid)
     sent_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
     modified_at: orm.Mapped[dt.datetime] = orm.mapped_column(
