@@ -43,6 +43,8 @@ from bulkmail.status import State, Status
 
 PG_ADMIN = os.environ.get("BULKMAIL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BULKMAIL = Path(sys.executable).with_name("bulkmail")
+# What else works while the pollers send: its CPU time per email is reported beside theirs.
+OTHERS = {"postgres": "PostgreSQL", "smtp-sink": "smtp-sink"}
 LINE = "The quick brown fox jumps over the lazy dog, again and again and again.\n"
 
 
@@ -209,6 +211,56 @@ class PeakRss:
         return {pid: kib / 1024 for pid, kib in self.peaks.items()}
 
 
+class CpuTime:
+    """CPU seconds (user + system) that processes of the given names spend while it runs.
+
+    Samples /proc like ``PeakRss``: PostgreSQL's backends exit with the pollers' connections,
+    so their last sample is what they spent. Processes already running count from the start.
+    """
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self._names = names  # process name (comm) -> what to report it as
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._first = self._read()
+        self._last = dict(self._first)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        seen = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                if name in self._names:
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    seconds = (int(fields[11]) + int(fields[12])) / self._tick
+                    seen[int(entry.name)] = (self._names[name], seconds)
+        return seen
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.1):
+            self._last.update(self._read())
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        self._last.update(self._read())
+        spent: dict[str, float] = dict.fromkeys(self._names.values(), 0.0)
+        for pid, (label, seconds) in self._last.items():
+            spent[label] += seconds - self._first.get(pid, (label, 0.0))[1]
+        return spent
+
+
+def children_cpu() -> float:
+    """CPU seconds of the child processes waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_pollers(url: str, port: int, args: argparse.Namespace) -> tuple[float, dict[int, float]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
     env["BULKMAIL_DATABASE_URL"] = url
@@ -270,7 +322,9 @@ def main() -> None:
         started = time.perf_counter()
         insert_pending(url, args.n, args.size)
         inserted = time.perf_counter() - started
+        meter, pollers_before = CpuTime(OTHERS), children_cpu()
         seconds, peaks = run_pollers(url, port, args)
+        cpu = {"pollers": children_cpu() - pollers_before, **meter.stop()}
         sent = count_sent(url)
         if sent != args.n:
             raise SystemExit(f"only {sent:,} of {args.n:,} emails are Sent")
@@ -288,6 +342,7 @@ def main() -> None:
         "ratio": round(rate / reference, 3),
         "peak_rss_mb": round(max(peaks.values()), 1),
         "wall_rate": round(wall_rate),
+        "cpu_us_per_email": {name: round(1e6 * spent / args.n) for name, spent in cpu.items()},
         "note": f"{wall_rate:,.0f}/s with start-up and exit",
     }
     if args.json:
@@ -300,6 +355,8 @@ def main() -> None:
     )
     print(f"reference smtp-source -s {args.sessions} -d -l {args.size}: {reference:,.0f} msg/s")
     print(f"ratio     {rate / reference:.2f} (target >= 0.5)")
+    per_email = ", ".join(f"{name} {1e6 * spent / args.n:.0f} µs" for name, spent in cpu.items())
+    print(f"CPU/email {per_email} ({sum(cpu.values()) / seconds:.2f} cores busy)")
     for pid, peak in peaks.items():
         print(f"peak RSS  poller pid {pid}: {peak:,.1f} MB")
 
