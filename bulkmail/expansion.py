@@ -112,11 +112,7 @@ _COPY_COLUMNS = {
     "modified_at": "timestamptz",
 }
 _COLUMNS = tuple(_COPY_COLUMNS)
-_TUNE = sa.text(
-    "SELECT set_config('synchronous_commit', 'off', true),"
-    " (SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings"
-    "  WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals))"
-)
+_TUNE = sa.text("SELECT set_config('synchronous_commit', 'off', true)")
 _RERENDER_BATCH = 1_000
 _OPEN = (OperationStatus.QUEUED.value, OperationStatus.EXPANDING.value)
 _EXPANDING = OperationStatus.EXPANDING.value
@@ -502,8 +498,8 @@ def _write(connection: sa.Connection, recipe: Recipe, batch: _Batch) -> None:
 
 def _tune(connection: sa.Connection) -> None:
     # A commit lost in a crash loses the batch's rows and its checkpoint together, so the batch
-    # is simply expanded again: no need to wait for the WAL flush. And lz4, where the server has
-    # it, compresses the bodies several times faster than the default pglz.
+    # is simply expanded again: no need to wait for the WAL flush. (The bodies' lz4 compression
+    # is the columns' own setting since migration 0007.)
     connection.execute(_TUNE)
 
 

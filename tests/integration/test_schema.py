@@ -117,3 +117,25 @@ def test_json_lists_read_back_exactly(engine: sa.Engine, tags: list[str]) -> Non
     with db.session_scope(engine) as session:
         stored = session.scalars(sa.select(models.Contact)).one()
         assert (stored.tags, stored.attributes) == (tags, {"k": [1, "x"]})
+
+
+def test_email_bodies_are_stored_with_lz4(pg_url: str) -> None:
+    # Column compression is PostgreSQL's: no SQLite variant.
+    engine = db.make_engine(pg_url, poolclass=sa.NullPool)
+    migrate.upgrade(engine)
+    body = "".join(f"line {i} of a rendered body\n" for i in range(400))  # 12 KB: compressed
+    with engine.begin() as connection:
+        _insert_email(connection, 0, 1)
+        connection.execute(sa.text("UPDATE emails SET body_text = :body"), {"body": body})
+        methods = connection.execute(
+            sa.text(
+                "SELECT attname, attcompression FROM pg_attribute"
+                " WHERE attrelid = 'emails'::regclass AND attname LIKE 'body%' ORDER BY attname"
+            )
+        ).all()
+        stored = connection.execute(
+            sa.text("SELECT pg_column_compression(body_text), body_text FROM emails")
+        ).one()
+    engine.dispose()
+    assert [tuple(row) for row in methods] == [("body_html", "l"), ("body_text", "l")]
+    assert tuple(stored) == ("lz4", body)
