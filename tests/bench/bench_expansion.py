@@ -30,6 +30,7 @@ import psycopg
 import redis
 import sqlalchemy as sa
 from bench_post_office import reference as post_office_reference
+from bench_send import CpuTime
 
 from bulkmail import attachments, bulk, db, mailboxes, migrate, settings, templates
 from workers import celery_app
@@ -158,6 +159,7 @@ def expand(url: str, batch: int) -> dict[str, object]:
         worker = start_worker(url, batch, Path(scratch) / "worker.log")
         try:
             pool = pool_process(worker)
+            meter = CpuTime({"celery": "Celery worker", "postgres": "PostgreSQL"})
             operation_id = submit(engine, url)
             while True:
                 with db.session_scope(engine) as session:
@@ -168,6 +170,7 @@ def expand(url: str, batch: int) -> dict[str, object]:
                     raise SystemExit("the Celery worker died")
                 time.sleep(0.2)
             rss = peak_rss_mb(pool)
+            cpu = meter.stop()
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=30)
@@ -186,6 +189,7 @@ def expand(url: str, batch: int) -> dict[str, object]:
         "seconds": round(seconds, 1),
         "rate": round(rate),
         "peak_rss_mb": round(rss, 1),
+        "cpu_us_per_email": {name: round(1e6 * spent / written) for name, spent in cpu.items()},
     }
 
 
@@ -220,6 +224,9 @@ def main() -> None:
         f" ({result['ratio']}x django-post_office's {result['reference']:,}/s),"
         f" worker peak RSS {result['peak_rss_mb']} MB"
     )
+    per_email = result["cpu_us_per_email"]
+    assert isinstance(per_email, dict)
+    print("CPU/email " + ", ".join(f"{name} {spent} µs" for name, spent in per_email.items()))
 
 
 if __name__ == "__main__":
