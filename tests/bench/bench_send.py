@@ -177,14 +177,14 @@ def steady_rate(url: str) -> float:
     libpq = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(False)
     with psycopg.connect(libpq, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT min(sent_at), max(sent_at), count(*) FILTER"
+            "SELECT min(sent_at), max(sent_at), count(*), count(*) FILTER"
             " (WHERE sent_at = (SELECT min(sent_at) FROM emails WHERE statuscode = %s))"
             " FROM emails WHERE statuscode = %s",
             (int(Status.SENT), int(Status.SENT)),
         ).fetchone()
         assert row is not None
-        first, last, in_first = row
-        return float(count_sent(url) - in_first) / (last - first).total_seconds()
+        first, last, sent, in_first = row
+        return float(sent - in_first) / (last - first).total_seconds()
 
 
 class PeakRss:
@@ -268,8 +268,7 @@ def run_pollers(url: str, port: int, args: argparse.Namespace) -> tuple[float, d
     command = [str(BULKMAIL), "worker", "poller", "--exit-when-idle", "--log-level", "warning"]
     command += ["--batch", str(args.batch)] if args.batch else []
     command += ["--concurrency", str(args.concurrency)] if args.concurrency else []
-    completion_batch = getattr(args, "completion_batch", None)
-    command += ["--completion-batch", str(completion_batch)] if completion_batch else []
+    command += ["--completion-batch", str(args.completion_batch)] if args.completion_batch else []
     started = time.perf_counter()
     with tempfile.TemporaryFile() as logs:
         processes = [
