@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import operator
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import mailboxes, models
+from bulkmail import db, mailboxes, models
 from bulkmail.status import State, Status
 
 E = models.Email
@@ -127,7 +128,8 @@ class RetryPolicy:
 class ClaimedEmail(NamedTuple):
     """The columns of a claimed email the poller needs: plain values, no ORM object.
 
-    A tuple built straight from the claim's rows, so the fields are in the claim's column order.
+    A tuple built straight from the claim's rows, so the fields are in the claim's column order
+    (the address lists last: on PostgreSQL they arrive as text, to be parsed).
     """
 
     id: int
@@ -137,19 +139,53 @@ class ClaimedEmail(NamedTuple):
     bulk_operation_id: int | None
     from_address: str
     from_name: str | None
-    to_addresses: list[str]
-    cc_addresses: list[str]
-    bcc_addresses: list[str]
     subject: str
     body_text: str | None
     body_html: str | None
     message_id: str
     delivery_attempts: int  # this attempt included
-    created_at: dt.datetime
+    created_at: dt.datetime  # aware; on PostgreSQL in the session's time zone
     sent_at: dt.datetime | None
+    to_addresses: list[str]
+    cc_addresses: list[str]
+    bcc_addresses: list[str]
 
 
 _CLAIMED_COLUMNS = [E.__table__.c[name] for name in ClaimedEmail._fields]
+_ADDRESS_LISTS = ClaimedEmail._fields[-3:]
+
+# The claim on PostgreSQL, written out: it is the pollers' hottest statement. As driver SQL it
+# costs no statement building, compilation or typed row processing (two thirds of the claim's
+# CPU time in Python), and the address lists come back as jsonb's text for ``db.json_loads``.
+# Constants are literals so that the planner matches the partial index ix_emails_pending_claim.
+_PG_CLAIM = f"""
+WITH due AS (
+    SELECT id FROM emails
+    WHERE statuscode = {_PENDING}
+      AND (send_after IS NULL OR send_after <= %(now)s)
+      AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
+      AND NOT EXISTS (
+          SELECT FROM bulk_operations AS op
+          WHERE op.id = emails.bulk_operation_id
+            AND op.status = '{models.OperationStatus.CANCELED.value}'
+      )
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE emails
+SET statuscode = {_SENDING},
+    statecode = {int(State.COMPLETED)},
+    claim_token = %(token)s,
+    claimed_by = %(worker)s,
+    lease_expires_at = %(lease_expires_at)s,
+    delivery_attempts = emails.delivery_attempts + 1,
+    modified_at = %(now)s
+FROM due
+WHERE emails.id = due.id
+RETURNING {", ".join(f"emails.{name}" for name in ClaimedEmail._fields[:-3])},
+    {", ".join(f"emails.{name}::text" for name in _ADDRESS_LISTS)}
+"""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -195,6 +231,52 @@ def claim(
     """
     now = now or models.utcnow()
     token = uuid.uuid4()
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        params = {
+            "now": now,
+            "limit": limit,
+            "token": token,
+            "worker": worker,
+            "lease_expires_at": now + lease,
+        }
+        loads = db.json_loads
+        rows = [
+            ClaimedEmail._make((*row[:-3], loads(row[-3]), loads(row[-2]), loads(row[-1])))
+            for row in connection.exec_driver_sql(_PG_CLAIM, params).all()
+        ]
+    else:
+        rows = list(
+            map(
+                ClaimedEmail._make,
+                connection.execute(_claim_statement(worker, limit, lease, now, token)),
+            )
+        )
+    # Stable sorts: by id, then by priority, highest first.
+    rows.sort(key=operator.itemgetter(0))
+    rows.sort(key=operator.itemgetter(1), reverse=True)
+    blocked = _blocked(session, rows)
+    if blocked:
+        _fail_blocked(session, token, blocked, now)
+    tally = Tally()
+    tally.move_each(
+        (row.bulk_operation_id for row in rows if row.id not in blocked),
+        Status.PENDING_SEND,
+        Status.SENDING,
+    )
+    tally.move_each(
+        (row.bulk_operation_id for row in rows if row.id in blocked),
+        Status.PENDING_SEND,
+        Status.FAILED,
+    )
+    tally.write(session, now=now)
+    return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
+
+
+def _claim_statement(
+    worker: str, limit: int, lease: dt.timedelta, now: dt.datetime, token: uuid.UUID
+) -> sa.Update:
+    """The claim on SQLite: one UPDATE ... RETURNING, atomic under the database's write lock."""
     due = (
         sa.select(E.id)
         .where(
@@ -209,9 +291,7 @@ def claim(
         .order_by(E.priority.desc(), E.id)
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    statement = (
+    return (
         sa.update(E)
         .where(E.id.in_(due.scalar_subquery()))
         .values(
@@ -226,18 +306,6 @@ def claim(
         .returning(*_CLAIMED_COLUMNS)
         .execution_options(synchronize_session=False)
     )
-    # Plain rows rather than ORM objects: half the claim's CPU time went into building those.
-    rows = list(map(ClaimedEmail._make, session.connection().execute(statement).all()))
-    rows.sort(key=lambda row: (-row.priority, row.id))
-    blocked = _blocked(session, rows)
-    if blocked:
-        _fail_blocked(session, token, blocked, now)
-    tally = Tally()
-    for row in rows:
-        target = Status.FAILED if row.id in blocked else Status.SENDING
-        tally.move(row.bulk_operation_id, Status.PENDING_SEND, target)
-    tally.write(session, now=now)
-    return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
 
 
 def _blocked(session: orm.Session, rows: Sequence[ClaimedEmail]) -> dict[int, str]:
