@@ -7,9 +7,12 @@ eagerly in the caller: the embedded default needs no worker process.
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
+
+from celery import Celery, signals
 
 from bulkmail import settings
+from workers import collector
 
 
 def make_app(config: settings.Settings) -> Celery:
@@ -35,6 +38,15 @@ def make_app(config: settings.Settings) -> Celery:
         },
     )
     return app
+
+
+def _tune_collector(**_: Any) -> None:
+    collector.tune()
+
+
+# The worker's main process (the solo pool runs tasks there) and each prefork pool process.
+signals.worker_init.connect(_tune_collector, weak=False)
+signals.worker_process_init.connect(_tune_collector, weak=False)
 
 
 app = make_app(settings.load())

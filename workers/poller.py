@@ -47,6 +47,7 @@ from bulkmail import (
     smtp_protocol,
     wakeup,
 )
+from workers import collector
 
 logger = logging.getLogger("bulkmail.poller")
 
@@ -298,6 +299,7 @@ async def _first(*waits: Coroutine[object, object, object]) -> None:
 def run(config: Config) -> None:
     """Run a poller until told to stop (or, with ``exit_when_idle``, until nothing is due)."""
     poller = Poller(config)
+    collector.tune()
     try:
         asyncio.run(_main(poller, config.grace))
     except ExceptionGroup as group:
