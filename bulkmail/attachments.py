@@ -14,6 +14,7 @@ import mimetypes
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
@@ -38,9 +39,21 @@ class Owner:
             raise errors.InvalidInput("an attachment belongs to one email or one template")
 
     def where(self) -> sa.ColumnElement[bool]:
+        """The records this owner owns."""
         if self.email_id is not None:
             return models.Attachment.email_id == self.email_id
         return models.Attachment.template_id == self.template_id
+
+    def carried(self) -> sa.ColumnElement[bool]:
+        """The records that go out with this owner: an email's own and its bulk operation's."""
+        if self.email_id is None:
+            return self.where()
+        operation = (
+            sa.select(models.Email.bulk_operation_id)
+            .where(models.Email.id == self.email_id)
+            .scalar_subquery()
+        )
+        return sa.or_(self.where(), models.Attachment.bulk_operation_id == operation)
 
     def describe(self) -> str:
         if self.email_id is not None:
@@ -111,7 +124,7 @@ def add(
         blob_id = reuse
     if order_number is None:
         highest = session.scalar(
-            sa.select(sa.func.max(models.Attachment.order_number)).where(owner.where())
+            sa.select(sa.func.max(models.Attachment.order_number)).where(owner.carried())
         )
         order_number = 0 if highest is None else highest + 1
     record = models.Attachment(
@@ -130,10 +143,11 @@ def add(
 
 
 def list_for(session: orm.Session, owner: Owner) -> list[Listed]:
+    """What goes out with ``owner``: for an email of a bulk operation, the operation's too."""
     rows = session.execute(
         sa.select(models.Attachment, models.AttachmentBlob.size)
         .join(models.AttachmentBlob, models.AttachmentBlob.id == models.Attachment.attachment_id)
-        .where(owner.where())
+        .where(owner.carried())
         .order_by(models.Attachment.order_number, models.Attachment.id)
     )
     return [Listed(record=record, size=size) for record, size in rows]
@@ -159,6 +173,11 @@ def read(session: orm.Session, record_id: int) -> bytes:
 def delete(session: orm.Session, record_id: int) -> None:
     """Remove an attachment record, and its blob when nothing else points at it."""
     record = get(session, record_id)
+    if record.bulk_operation_id is not None:
+        raise errors.Conflict(
+            f"attachment {record_id} goes out with every email of bulk operation "
+            f"{record.bulk_operation_id}; it cannot be removed from them one by one"
+        )
     if record.email_id is not None:
         _check_owner(session, Owner(email_id=record.email_id))
     blob_id = record.attachment_id
@@ -192,6 +211,40 @@ def collect_garbage(session: orm.Session, candidates: Iterable[int]) -> int:
     return removed
 
 
+def link_operation_attachments(
+    executor: orm.Session | sa.Connection,
+    template_id: int,
+    operation_id: int,
+    *,
+    now: dt.datetime | None = None,
+) -> None:
+    """Copy the template's records to the bulk operation, whose emails all carry them: one
+    record per attachment however many emails, references to the template's blobs, no bytes."""
+    template = models.Attachment.__table__.alias("template_attachment")
+    rows = sa.select(
+        sa.literal(operation_id, sa.BigInteger),
+        *_copied(template),
+        sa.literal(now or models.utcnow(), models.UTCDateTime),
+    ).where(template.c.template_id == template_id)
+    columns = ["bulk_operation_id", *_COPIED, "created_at"]
+    executor.execute(sa.insert(models.Attachment).from_select(columns, rows))
+
+
+def operation_has_attachments(executor: orm.Session | sa.Connection, operation_id: int) -> bool:
+    return bool(
+        executor.scalar(
+            sa.select(sa.exists().where(models.Attachment.bulk_operation_id == operation_id))
+        )
+    )
+
+
+_COPIED = ("attachment_id", "file_name", "mime_type", "subject", "order_number", "content_id")
+
+
+def _copied(template: sa.FromClause) -> list[sa.ColumnElement[Any]]:
+    return [template.c[name] for name in _COPIED]
+
+
 def link_template_attachments(
     executor: orm.Session | sa.Connection,
     template_id: int,
@@ -205,27 +258,13 @@ def link_template_attachments(
     rows = (
         sa.select(
             models.Email.id,
-            template.c.attachment_id,
-            template.c.file_name,
-            template.c.mime_type,
-            template.c.subject,
-            template.c.order_number,
-            template.c.content_id,
+            *_copied(template),
             sa.literal(now or models.utcnow(), models.UTCDateTime),
         )
         .join_from(models.Email, template, template.c.template_id == template_id)
         .where(emails)
     )
-    columns = [
-        "email_id",
-        "attachment_id",
-        "file_name",
-        "mime_type",
-        "subject",
-        "order_number",
-        "content_id",
-        "created_at",
-    ]
+    columns = ["email_id", *_COPIED, "created_at"]
     executor.execute(sa.insert(models.Attachment).from_select(columns, rows))
 
 

@@ -26,6 +26,8 @@ class Stored(Protocol):
     @property
     def message_id(self) -> str: ...
     @property
+    def bulk_operation_id(self) -> int | None: ...
+    @property
     def sent_at(self) -> dt.datetime | None: ...
     @property
     def from_address(self) -> str: ...
@@ -48,7 +50,7 @@ def messages(
 ) -> dict[int, mime.Message]:
     """The ``mime.Message`` of each email in ``rows``, by email id."""
     date = now or dt.datetime.now(dt.UTC)
-    parts = _attachments(session, [row.id for row in rows])
+    parts = _attachments(session, rows)
     return {
         row.id: mime.Message(
             message_id=row.message_id,
@@ -72,21 +74,28 @@ def message_bytes(session: orm.Session, email_id: int) -> bytes:
     return mime.build(messages(session, [email])[email.id])
 
 
-def _attachments(
-    session: orm.Session, email_ids: Sequence[int]
-) -> dict[int, list[mime.Attachment]]:
-    if not email_ids:
+def _attachments(session: orm.Session, rows: Sequence[Stored]) -> dict[int, list[mime.Attachment]]:
+    """Each email's attachments: its own records and its bulk operation's, in their order."""
+    if not rows:
         return {}
+    A = models.Attachment
+    operation_ids = sorted(
+        {row.bulk_operation_id for row in rows if row.bulk_operation_id is not None}
+    )
+    owned = _among(session, A.email_id, [row.id for row in rows], "email_ids")
+    if operation_ids:
+        owned = sa.or_(owned, _among(session, A.bulk_operation_id, operation_ids, "operation_ids"))
     records = session.execute(
         sa.select(
-            models.Attachment.email_id,
-            models.Attachment.file_name,
-            models.Attachment.mime_type,
-            models.Attachment.content_id,
-            models.Attachment.attachment_id,
+            A.email_id,
+            A.bulk_operation_id,
+            A.file_name,
+            A.mime_type,
+            A.content_id,
+            A.attachment_id,
         )
-        .where(_among(session, models.Attachment.email_id, email_ids))
-        .order_by(models.Attachment.email_id, models.Attachment.order_number, models.Attachment.id)
+        .where(owned)
+        .order_by(A.order_number, A.id)
     ).all()
     blob_ids = {record.attachment_id for record in records}
     blobs = {
@@ -97,28 +106,39 @@ def _attachments(
             ).where(models.AttachmentBlob.id.in_(blob_ids))
         )
     }
+    emails_of: dict[int | None, list[int]] = defaultdict(list)
+    for row in rows:
+        emails_of[row.bulk_operation_id].append(row.id)
+    # Records in their order; an operation's go to each of its emails in the batch.
     result: dict[int, list[mime.Attachment]] = defaultdict(list)
     for record in records:
         sha256, data = blobs[record.attachment_id]
-        assert record.email_id is not None
-        result[record.email_id].append(
-            mime.Attachment(
-                sha256=sha256,
-                filename=record.file_name,
-                mime_type=record.mime_type,
-                data=data,
-                content_id=record.content_id,
-            )
+        part = mime.Attachment(
+            sha256=sha256,
+            filename=record.file_name,
+            mime_type=record.mime_type,
+            data=data,
+            content_id=record.content_id,
         )
+        owners = (
+            [record.email_id]
+            if record.email_id is not None
+            else emails_of[record.bulk_operation_id]
+        )
+        for email_id in owners:
+            result[email_id].append(part)
     return result
 
 
 def _among(
-    session: orm.Session, column: orm.InstrumentedAttribute[int | None], ids: Sequence[int]
+    session: orm.Session,
+    column: orm.InstrumentedAttribute[int | None],
+    ids: Sequence[int | None],
+    name: str,
 ) -> sa.ColumnElement[bool]:
     # On PostgreSQL one array literal in one text parameter: an IN list of a batch's ids, or an
     # array dumped element by element, costs more to send than the query takes to run.
     if session.get_bind().dialect.name == "postgresql":
         literal = "{" + ",".join(map(str, ids)) + "}"
-        return column == sa.any_(sa.cast(sa.bindparam("ids", literal), ARRAY(sa.BigInteger)))
+        return column == sa.any_(sa.cast(sa.bindparam(name, literal), ARRAY(sa.BigInteger)))
     return column.in_(ids)

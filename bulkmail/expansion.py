@@ -3,10 +3,11 @@
 The contacts that match the operation's query are read in id order, a batch at a time from the
 operation's checkpoint (keyset pagination), so memory stays flat whatever their number. The
 template is compiled once and rendered for every recipient. Each batch is written in one short
-transaction: its rows go in with one COPY (PostgreSQL) or one multi-row INSERT (SQLite), the
-template's attachments are linked to them by reference with one INSERT ... SELECT, and the
-checkpoint and counters move on. On PostgreSQL a helper thread reads and renders the next batch
-while one is written, so Python renders on one core while PostgreSQL stores on the other.
+transaction: its rows go in with one COPY (PostgreSQL) or one multi-row INSERT (SQLite), and the
+checkpoint and counters move on. The template's attachments are copied once, by reference, to
+the operation when its expansion starts; every email of the operation carries them. On
+PostgreSQL a helper thread reads and renders the next batch while one is written, so Python
+renders on one core while PostgreSQL stores on the other.
 
 Exactly once. A batch's emails, the checkpoint and the counters commit together, and the
 operation row is changed with a compare-and-set on its status and checkpoint: a batch that finds
@@ -132,7 +133,6 @@ class Recipe:
     from_name: str
     sender: Mapping[str, object]
     domain: str
-    has_attachments: bool
 
     def render(
         self, contact: sa.Row[Any], *, email_id: int, message_id: str, now: dt.datetime
@@ -251,6 +251,12 @@ def _start(
         if getattr(started, "rowcount", 0) != 1:
             session.refresh(operation)
             return operation.current_status
+        if operation.status == OperationStatus.QUEUED.value:
+            # The first start: the template's attachments as they are now go out with every
+            # email of the operation. A restart finds it Expanding and copies nothing again.
+            attachments.link_operation_attachments(
+                session, recipe.template_id, operation_id, now=now
+            )
         return recipe
 
 
@@ -276,11 +282,6 @@ def _make_recipe(
     assert sender is not None  # the foreign key keeps the mailbox while the operation exists
     domain = message_id_domain or sender.email.rpartition("@")[2]
     mime.make_message_id(domain)
-    linked = session.scalar(
-        sa.select(sa.func.count())
-        .select_from(models.Attachment)
-        .where(models.Attachment.template_id == template.id)
-    )
     return Recipe(
         operation_id=operation.id,
         template_id=template.id,
@@ -292,7 +293,6 @@ def _make_recipe(
         from_name=headers.check_header_value("sender name", sender.name),
         sender={"name": sender.name, "address": sender.email},
         domain=domain.strip().lower(),
-        has_attachments=bool(linked),
     )
 
 
@@ -455,7 +455,7 @@ def _prepare(
 
 
 def _write(connection: sa.Connection, recipe: Recipe, batch: _Batch) -> None:
-    """Store a batch's emails, link their attachments, and move the checkpoint and counters."""
+    """Store a batch's emails and move the checkpoint and counters."""
     postgres = connection.dialect.name == "postgresql"
     if postgres:
         _tune(connection)
@@ -468,8 +468,6 @@ def _write(connection: sa.Connection, recipe: Recipe, batch: _Batch) -> None:
         )
     counts = batch.counts
     now = models.utcnow()
-    if counts["created"] and recipe.has_attachments:
-        _link_attachments(connection, recipe, batch.after, batch.last, now)
     moved = connection.execute(
         sa.update(Op)
         .where(
@@ -635,26 +633,13 @@ def _plain(text: object) -> bool:
     )
 
 
-def _link_attachments(
-    connection: sa.Connection, recipe: Recipe, after: int, upto: int, now: dt.datetime
-) -> None:
-    """Give the batch's new emails the template's attachments: references, no bytes."""
-    batch = sa.and_(
-        E.bulk_operation_id == recipe.operation_id,
-        E.regarding_contact_id > after,
-        E.regarding_contact_id <= upto,
-        E.statuscode == int(Status.PENDING_SEND),
-    )
-    attachments.link_template_attachments(connection, recipe.template_id, batch, now=now)
-
-
 def rerender_failed(
     session: orm.Session, operation: models.BulkOperation, tally: outbox.Tally
 ) -> int:
     """Render the operation's emails whose rendering failed again, with the template as it is now.
 
-    Those that render go back to Pending Send with the template's attachments (their moves are
-    added to ``tally``); the others stay Failed with the new reason. Returns how many went back.
+    Those that render go back to Pending Send carrying the operation's attachments (their moves
+    are added to ``tally``); the others stay Failed with the new reason. Returns how many went back.
     """
     recipe = _make_recipe(session, operation, message_id_domain=None)
     now = models.utcnow()
@@ -723,7 +708,9 @@ def rerender_failed(
             count = int(getattr(result, "rowcount", 0))
             recovered += count
             tally.move(operation.id, Status.FAILED, Status.PENDING_SEND, count)
-            if recipe.has_attachments:
+            if not attachments.operation_has_attachments(session, operation.id):
+                # An operation expanded before its attachments were its own (migration 0008),
+                # or whose template had none then: its emails get the template's as they are now.
                 attachments.link_template_attachments(
                     session, recipe.template_id, E.id.in_(recovered_ids)
                 )

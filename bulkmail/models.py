@@ -278,13 +278,20 @@ class AttachmentBlob(Base):
 class Attachment(Base):
     """An attachment record (the reference model's ActivityMimeAttachment).
 
-    It belongs to exactly one email or one template and points at a blob; many records may point
-    at the same blob, which is how a file attached to a template reaches a million emails once.
+    It belongs to exactly one email, template or bulk operation and points at a blob; many
+    records may point at the same blob. A bulk operation's records are its template's, copied
+    once when its expansion starts: every email of the operation carries them, which is how a
+    file attached to a template reaches a million emails with one record.
     """
 
     __tablename__ = "attachments"
     __table_args__ = (
-        sa.CheckConstraint("(email_id IS NULL) <> (template_id IS NULL)", name="one_owner"),
+        sa.CheckConstraint(
+            "CASE WHEN email_id IS NULL THEN 0 ELSE 1 END"
+            " + CASE WHEN template_id IS NULL THEN 0 ELSE 1 END"
+            " + CASE WHEN bulk_operation_id IS NULL THEN 0 ELSE 1 END = 1",
+            name="one_owner",
+        ),
     )
 
     id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
@@ -293,6 +300,9 @@ class Attachment(Base):
     )
     template_id: orm.Mapped[int | None] = orm.mapped_column(
         sa.ForeignKey("templates.id", ondelete="CASCADE"), index=True
+    )
+    bulk_operation_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("bulk_operations.id", ondelete="CASCADE"), index=True
     )
     attachment_id: orm.Mapped[int] = orm.mapped_column(
         sa.ForeignKey("attachment_blobs.id", ondelete="RESTRICT"), index=True
@@ -306,11 +316,16 @@ class Attachment(Base):
 
     @property
     def object_type(self) -> str:
-        return "email" if self.email_id is not None else "template"
+        if self.email_id is not None:
+            return "email"
+        return "template" if self.template_id is not None else "bulk operation"
 
     @property
     def object_id(self) -> int:
-        owner = self.email_id if self.email_id is not None else self.template_id
+        owner = next(
+            (o for o in (self.email_id, self.template_id, self.bulk_operation_id) if o is not None),
+            None,
+        )
         assert owner is not None
         return owner
 

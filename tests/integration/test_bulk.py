@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import threading
 from typing import Any
@@ -12,10 +13,12 @@ import sqlalchemy as sa
 from bulkmail import (
     attachments,
     bulk,
+    compose,
     db,
     errors,
     expansion,
     mailboxes,
+    migrate,
     models,
     organization,
     outbox,
@@ -252,15 +255,23 @@ def test_expansion_writes_one_rendered_email_per_eligible_recipient(setup: sa.En
         "render failed: html template line 1: integer division or modulo by zero"
     )
     assert len({row.message_id for row in rows}) == len({row.tracking_token for row in rows}) == 60
-    # Every rendered email carries the template's attachment, by reference: no new blob.
+    # The template's attachment goes to the operation once, by reference: no new blob, no
+    # record per email; every rendered email goes out with it.
     assert _count(setup, "attachment_blobs") == blobs
     with setup.connect() as connection:
-        linked = connection.execute(
-            sa.select(models.Attachment.email_id, models.Attachment.file_name)
-            .where(models.Attachment.email_id.is_not(None))
-            .order_by(models.Attachment.email_id)
+        owners = connection.execute(
+            sa.select(
+                models.Attachment.email_id,
+                models.Attachment.bulk_operation_id,
+                models.Attachment.file_name,
+            ).where(models.Attachment.template_id.is_(None))
         ).all()
-    assert linked == [(by_contact[c].id, "terms.pdf") for c in sorted(eligible)]
+    assert owners == [(None, operation_id, "terms.pdf")]
+    with db.session_scope(setup) as session:
+        for contact_id in eligible:
+            message = compose.message_bytes(session, by_contact[contact_id].id)
+            assert b'filename="terms.pdf"' in message
+            assert base64.b64encode(PDF)[:60] in message
 
 
 def test_a_query_selects_its_recipients_and_sql_in_literals_is_only_data(
@@ -289,16 +300,17 @@ def test_expansion_resumes_from_its_checkpoint_after_a_crash(
     contacts = add_contacts(setup, 40)
     operation_id = submit(setup)
     calls = 0
-    real_link = expansion._link_attachments
+    real_write = expansion._write
 
     def crash_on_the_third_batch(*args: Any) -> None:
+        # The batch is written, its transaction not committed yet.
         nonlocal calls
+        real_write(*args)
         calls += 1
         if calls == 3:
             raise RuntimeError("worker died")
-        real_link(*args)
 
-    monkeypatch.setattr(expansion, "_link_attachments", crash_on_the_third_batch)
+    monkeypatch.setattr(expansion, "_write", crash_on_the_third_batch)
     with pytest.raises(RuntimeError, match="worker died"):
         expand(setup, operation_id, batch_size=6)
     op = operation(setup, operation_id)
@@ -315,6 +327,65 @@ def test_expansion_resumes_from_its_checkpoint_after_a_crash(
     assert sorted(row.regarding_contact_id or 0 for row in rows) == contacts
     assert operation(setup, operation_id).created == 40
     assert_counters_match_the_emails(setup, operation_id)
+    # The restarts copied the template's attachment to the operation no second time.
+    assert _operation_attachments(setup, operation_id) == ["terms.pdf"]
+
+
+def _operation_attachments(engine: sa.Engine, operation_id: int) -> list[str]:
+    with engine.connect() as connection:
+        return list(
+            connection.scalars(
+                sa.select(models.Attachment.file_name).where(
+                    models.Attachment.bulk_operation_id == operation_id
+                )
+            )
+        )
+
+
+def test_an_email_of_an_operation_carries_its_own_attachments_after_the_operations(
+    setup: sa.Engine,
+) -> None:
+    add_contacts(setup, 1)
+    operation_id = submit(setup)
+    assert expand(setup, operation_id) is OperationStatus.SENDING
+    (email,) = emails_of(setup, operation_id)
+    with db.session_scope(setup) as session:
+        # Only a Failed (or Draft) email's attachments can change.
+        session.execute(
+            sa.update(models.Email)
+            .where(models.Email.id == email.id)
+            .values(statuscode=int(Status.FAILED), statecode=int(Status.FAILED.state))
+        )
+        attachments.add(
+            session, attachments.Owner(email_id=email.id), file_name="extra.txt", data=b"mine"
+        )
+        listed = attachments.list_for(session, attachments.Owner(email_id=email.id))
+        message = compose.message_bytes(session, email.id)
+        shared = next(item.record.id for item in listed if item.record.bulk_operation_id)
+        with pytest.raises(errors.Conflict, match=f"every email of bulk operation {operation_id}"):
+            attachments.delete(session, shared)
+    assert [item.record.file_name for item in listed] == ["terms.pdf", "extra.txt"]
+    assert message.index(b'filename="terms.pdf"') < message.index(b'filename="extra.txt"')
+    assert _operation_attachments(setup, operation_id) == ["terms.pdf"]
+
+
+def test_downgrading_gives_each_email_its_operations_attachments_back(setup: sa.Engine) -> None:
+    add_contacts(setup, 3)
+    operation_id = submit(setup)
+    assert expand(setup, operation_id) is OperationStatus.SENDING
+    ids = sorted(row.id for row in emails_of(setup, operation_id))
+
+    migrate.downgrade(setup, "0007")
+    with setup.connect() as connection:
+        records = connection.execute(
+            sa.text(
+                "SELECT email_id, file_name FROM attachments"
+                " WHERE template_id IS NULL ORDER BY email_id"
+            )
+        ).all()
+    assert [tuple(record) for record in records] == [(email_id, "terms.pdf") for email_id in ids]
+    migrate.upgrade(setup)
+    assert _operation_attachments(setup, operation_id) == []
 
 
 def test_two_expansions_at_once_write_each_recipient_once(db_url: str) -> None:
@@ -451,17 +522,18 @@ def test_a_canceled_operation_is_not_expanded_further(
 ) -> None:
     add_contacts(setup, 30)
     operation_id = submit(setup)
-    real_link = expansion._link_attachments
+    real_write = expansion._write
     calls = 0
 
     def crash_on_the_second_batch(*args: Any) -> None:
+        # The batch is written, its transaction not committed yet.
         nonlocal calls
+        real_write(*args)
         calls += 1
         if calls == 2:
             raise RuntimeError("worker died")
-        real_link(*args)
 
-    monkeypatch.setattr(expansion, "_link_attachments", crash_on_the_second_batch)
+    monkeypatch.setattr(expansion, "_write", crash_on_the_second_batch)
     with pytest.raises(RuntimeError):
         expand(setup, operation_id, batch_size=10)
     with db.session_scope(setup) as session:
@@ -587,13 +659,14 @@ def test_retry_failed_resends_delivery_failures_and_rerenders_render_failures(
         0,
         None,
     )
-    with setup.connect() as connection:
-        names = connection.scalars(
-            sa.select(models.Attachment.file_name).where(
-                models.Attachment.email_id == rerendered.id
-            )
-        ).all()
-    assert names == ["terms.pdf"]
+    # Re-rendered, it goes out with the operation's attachment like every other email of it.
+    with db.session_scope(setup) as session:
+        listed = attachments.list_for(session, attachments.Owner(email_id=rerendered.id))
+        message = compose.message_bytes(session, rerendered.id)
+    assert [(item.record.object_type, item.record.file_name) for item in listed] == [
+        ("bulk operation", "terms.pdf")
+    ]
+    assert message.count(b'filename="terms.pdf"') == 1
 
 
 # -- Reconcile ---------------------------------------------------------------------------------
