@@ -38,6 +38,7 @@ from typing import Any, Final, TypeVar
 import inscriptis
 import jinja2
 import jinja2.filters
+import markupsafe
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.html_properties import Display
 from inscriptis.model.config import ParserConfig
@@ -415,7 +416,16 @@ def _prepare(part: str, tree: nodes.Template) -> None:
 
 
 class _CodeGenerator(CodeGenerator):
-    """Sends ``~`` through the environment: Jinja cannot intercept it like other operators."""
+    """Sends ``~`` through the environment: Jinja cannot intercept it like other operators.
+    Escapes what an autoescaped part prints with ``escape_output``."""
+
+    def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        if frame.eval_ctx.autoescape and not frame.eval_ctx.volatile:
+            self.write("environment.escape_output(")
+            if finalize.src is not None:
+                self.write(finalize.src)
+            return
+        super()._output_child_pre(node, frame, finalize)
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         if frame.eval_ctx.volatile:
@@ -427,6 +437,25 @@ class _CodeGenerator(CodeGenerator):
             self.visit(operand, frame)
             self.write(", ")
         self.write("))")
+
+
+# markupsafe's escaping without the Markup that escape() wraps each result in: that wrapping is
+# Python code, and it was a tenth of a recipient's render time. The function is markupsafe's own
+# (C) but private, hence the fallback.
+_escape_text: Callable[[str], str] = getattr(
+    markupsafe, "_escape_inner", lambda text: str(markupsafe.escape(text))
+)
+
+
+def _escape_output(value: object) -> str:
+    """A printed value of an autoescaped part, escaped exactly as markupsafe escapes it.
+
+    Plain text will do: printed values are joined into the part at once, and Jinja wraps what
+    macros and blocks print in Markup itself.
+    """
+    if type(value) is str:
+        return _escape_text(value)
+    return markupsafe.escape(value)
 
 
 # -- Sizes ---------------------------------------------------------------------------------------
@@ -861,6 +890,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     guard_loop = staticmethod(_guard_loop)
     concat_operands = staticmethod(_concat_operands)
     concat = staticmethod(_join_buffer)
+    escape_output = staticmethod(_escape_output)
 
     def __init__(self) -> None:
         super().__init__(

@@ -88,6 +88,19 @@ def test_html_escapes_contact_data_but_subject_and_text_do_not() -> None:
     assert rendered.subject == rendered.text == "<script>alert(1)</script>&"
 
 
+def test_html_escapes_each_printed_value_once_as_markupsafe_does() -> None:
+    name = "\"Zoë\" & 'Ōno' <x>"
+    rendered = render(
+        "{% macro b(x) %}<b>{{ x }}</b>{% endmacro %}"
+        "{% set s %}<i>{{ contact.first_name }}</i>{% endset %}"
+        "{{ contact.first_name }}|{{ b(contact.first_name) }}|{{ s }}|{{ 3 }}|{{ '<u>'|safe }}",
+        recipient=contact(first_name=name),
+    )
+    escaped = str(markupsafe.escape(name))
+    assert escaped == "&#34;Zoë&#34; &amp; &#39;Ōno&#39; &lt;x&gt;"
+    assert rendered.html == f"{escaped}|<b>{escaped}</b>|<i>{escaped}</i>|3|<u>"
+
+
 def test_html_escaping_also_covers_concatenation() -> None:
     rendered = render("{{ '<b>' ~ contact.first_name }}|{{ '<b>'|safe ~ contact.first_name }}")
     assert rendered.html == "&lt;b&gt;Ada|<b>Ada"
