@@ -274,6 +274,19 @@ def test_expansion_writes_one_rendered_email_per_eligible_recipient(setup: sa.En
             assert base64.b64encode(PDF)[:60] in message
 
 
+def test_templates_see_the_same_contact_in_an_expansion_as_in_a_preview(setup: sa.Engine) -> None:
+    (contact_id,) = add_contacts(
+        setup, 1, tags=["vip", "beta"], attributes={"plan": "pro", "seats": 3}, company="Acme"
+    )
+    with db.session_scope(setup) as session:
+        row = session.execute(
+            sa.select(*expansion._CONTACT_COLUMNS).where(models.Contact.id == contact_id)
+        ).one()
+        contact = session.get(models.Contact, contact_id)
+        assert contact is not None
+        assert expansion._contact_context(row) == templates.contact_context(contact)
+
+
 def test_a_query_selects_its_recipients_and_sql_in_literals_is_only_data(
     setup: sa.Engine,
 ) -> None:
