@@ -118,7 +118,11 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
         recipients = (*email.to_addresses, *email.cc_addresses, *email.bcc_addresses)
         items.append(
             smtp_protocol.Item(
-                key=email.id, sender=email.from_address, recipients=recipients, message=data
+                key=email.id,
+                sender=email.from_address,
+                recipients=recipients,
+                message=data,
+                crlf=True,
             )
         )
     return _Prepared(claimed={c.email.id: c for c in claimed}, items=items, unbuildable=unbuildable)

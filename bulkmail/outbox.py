@@ -465,7 +465,12 @@ def _update_claimed(
         .where(E.id == batch.c.b_id, E.claim_token == batch.c.b_token)
         .values(**per_email)
     )
-    # str() writes the tokens (UUIDs) and retry times (aware datetimes) as PostgreSQL reads them.
+    # str() writes the tokens (UUIDs) and retry times (aware datetimes) as PostgreSQL reads them;
+    # a batch's few tokens once each here, rather than once per email through json's default.
+    texts: dict[object, str] = {}
+    for params in params_list:
+        token = params["b_token"]
+        params["b_token"] = texts.get(token) or texts.setdefault(token, str(token))
     rows = json.dumps(params_list, default=str)
     return _rowcount(connection.execute(statement, {"b_rows": rows}))
 

@@ -67,7 +67,7 @@ class _Job(Generic[K]):
             raise errors.InvalidInput("the message has no recipients")
         for rcpt in item.recipients:
             smtp_protocol.check_address(rcpt, role="recipient")
-        data = smtp_protocol.prepare_data(item.message)
+        data = smtp_protocol.prepare_data(item.message, crlf=item.crlf)
         return cls(
             index=index,
             item=item,

@@ -294,6 +294,12 @@ def test_prepared_data_has_no_bare_cr_or_lf_and_unstuffs_to_the_message(message:
     assert stored == expected
 
 
+@given(st.text(alphabet="ab.\r\n", max_size=60).map(str.encode))
+def test_prepared_data_of_a_crlf_message_is_the_same_without_the_checks(message: bytes) -> None:
+    normalised = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
+    assert smtp_protocol.prepare_data(normalised, crlf=True) == smtp_protocol.prepare_data(message)
+
+
 def test_needs_smtputf8_for_non_ascii_addresses_or_headers_only() -> None:
     ascii_head = "Subject: hi\r\n\r\nGrüße\r\n".encode()
     utf8_head = "Subject: Grüße\r\n\r\nbody\r\n".encode()
