@@ -84,8 +84,8 @@ _CONTACT_COLUMNS = (
     C.attributes,
     C.do_not_bulk_email,
 )
-# The columns every expanded email is written with, in row order (the rest take their defaults),
-# with their PostgreSQL types for a binary COPY.
+# The columns every expanded email is written with, in row order (the rest take their defaults:
+# cc and bcc the empty list), with their PostgreSQL types for a binary COPY.
 _COPY_COLUMNS = {
     "id": "int8",
     "statecode": "int2",
@@ -96,8 +96,6 @@ _COPY_COLUMNS = {
     "from_address": "varchar",
     "from_name": "varchar",
     "to_addresses": "jsonb",
-    "cc_addresses": "jsonb",
-    "bcc_addresses": "jsonb",
     "subject": "text",
     "body_html": "text",
     "body_text": "text",
@@ -582,8 +580,6 @@ def _rows(
             *sent_from,
             recipe.from_name,
             [contact.email],
-            [],
-            [],
             subject,
             html,
             text,

@@ -202,8 +202,13 @@ class Email(Base):
     from_address: orm.Mapped[str] = orm.mapped_column(sa.String(320))
     from_name: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
     to_addresses: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
-    cc_addresses: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
-    bcc_addresses: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
+    # Also empty by the database's default: the expansion's COPY leaves them out (0009).
+    cc_addresses: orm.Mapped[list[str]] = orm.mapped_column(
+        Json, default=list, server_default=sa.text("'[]'")
+    )
+    bcc_addresses: orm.Mapped[list[str]] = orm.mapped_column(
+        Json, default=list, server_default=sa.text("'[]'")
+    )
     subject: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
     body_html: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     body_text: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
