@@ -176,7 +176,8 @@ def delete(session: orm.Session, record_id: int) -> None:
     if record.bulk_operation_id is not None:
         raise errors.Conflict(
             f"attachment {record_id} goes out with every email of bulk operation "
-            f"{record.bulk_operation_id}; it cannot be removed from them one by one"
+            f"{record.bulk_operation_id} and cannot be removed from one of them; change the "
+            "template's attachments for operations sent later"
         )
     if record.email_id is not None:
         _check_owner(session, Owner(email_id=record.email_id))

@@ -91,7 +91,15 @@ def list_(app: App, email_id: int | None, template_name: str | None, as_json: bo
     if as_json:
         output.emit_json(rows)
     else:
-        columns = ["id", "attachment_id", "file_name", "size", "mime_type", "content_id"]
+        columns = [
+            "id",
+            "object_type",
+            "attachment_id",
+            "file_name",
+            "size",
+            "mime_type",
+            "content_id",
+        ]
         output.table(rows, columns, title="attachments")
 
 

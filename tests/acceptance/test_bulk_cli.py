@@ -93,3 +93,28 @@ def test_bulk_commands_refuse_bad_input_in_one_line(cli: Cli) -> None:
     assert json.loads(cli.ok("bulk", "list", "--json")) == []
     assert "bulk operation 7 not found" in cli.refused("bulk", "status", "7")
     assert "bulk operation 7 not found" in cli.refused("bulk", "cancel", "7")
+
+
+def test_a_bulk_operations_emails_carry_its_template_attachment(cli: Cli) -> None:
+    cli.ok("db", "upgrade")
+    cli.ok("users", "add", "--name", "Sam Sender", "--email", "sam@example.org")
+    cli.ok("contacts", "add", "--email", "c0@example.com", "--first-name", "C0")
+    page = cli.cwd / "news.html"
+    page.write_text("<p>Hi {{ contact.first_name }}</p>")
+    cli.ok("templates", "create", "--name", "news", "--subject", "News", "--html", str(page))
+    terms = cli.cwd / "terms.txt"
+    terms.write_text("the terms\n")
+    cli.ok("attachments", "add", "--template", "news", str(terms))
+    query = "email = 'c0@example.com'"
+    cli.ok("bulk", "send", "--template", "news", "--sender", "sam@example.org", "--query", query)
+
+    (email,) = json.loads(cli.ok("email", "list", "--json"))
+    (record,) = json.loads(cli.ok("attachments", "list", "--email", str(email["id"]), "--json"))
+    assert (record["object_type"], record["file_name"]) == ("bulk operation", "terms.txt")
+    assert "bulk operation" in cli.ok("attachments", "list", "--email", str(email["id"]))
+    exported = cli.cwd / "out.eml"
+    cli.ok("email", "export", str(email["id"]), "-o", str(exported))
+    assert b'filename="terms.txt"' in exported.read_bytes()
+    refusal = cli.refused("attachments", "delete", str(record["id"]))
+    assert "goes out with every email of bulk operation" in refusal
+    assert json.loads(cli.ok("attachments", "list", "--email", str(email["id"]), "--json"))

@@ -375,7 +375,7 @@ def test_an_email_of_an_operation_carries_its_own_attachments_after_the_operatio
         listed = attachments.list_for(session, attachments.Owner(email_id=email.id))
         message = compose.message_bytes(session, email.id)
         shared = next(item.record.id for item in listed if item.record.bulk_operation_id)
-        with pytest.raises(errors.Conflict, match=f"every email of bulk operation {operation_id}"):
+        with pytest.raises(errors.Conflict, match=f"every email of bulk operation {operation_id} "):
             attachments.delete(session, shared)
     assert [item.record.file_name for item in listed] == ["terms.pdf", "extra.txt"]
     assert message.index(b'filename="terms.pdf"') < message.index(b'filename="extra.txt"')
