@@ -115,16 +115,24 @@ def get_by_email(session: orm.Session, address: str) -> models.Contact:
     return contact
 
 
+# A contact as templates see it and `contacts list --json` shows it, in this order.
+FIELDS = (
+    "id",
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "country",
+    "language",
+    "tags",
+    "attributes",
+    "do_not_bulk_email",
+)
+
+
 def as_dict(contact: models.Contact) -> dict[str, object]:
-    return {
-        "id": contact.id,
-        "email": contact.email,
-        "first_name": contact.first_name,
-        "last_name": contact.last_name,
-        "company": contact.company,
-        "country": contact.country,
-        "language": contact.language,
-        "tags": list(contact.tags),
-        "attributes": dict(contact.attributes),
-        "do_not_bulk_email": contact.do_not_bulk_email,
-    }
+    data = {name: getattr(contact, name) for name in FIELDS}
+    # Copies, so that changing the dict leaves the ORM object as it is.
+    data["tags"] = list(contact.tags)
+    data["attributes"] = dict(contact.attributes)
+    return data

@@ -48,6 +48,7 @@ from sqlalchemy import orm
 
 from bulkmail import (
     attachments,
+    contacts,
     db,
     emails,
     errors,
@@ -72,18 +73,7 @@ E = models.Email
 
 # "bulk": the first key of the advisory locks that expansions take, the operation id the second.
 _LOCK_SPACE = 0x62756C6B
-_CONTACT_COLUMNS = (
-    C.id,
-    C.email,
-    C.first_name,
-    C.last_name,
-    C.company,
-    C.country,
-    C.language,
-    C.tags,
-    C.attributes,
-    C.do_not_bulk_email,
-)
+_CONTACT_COLUMNS = tuple(C.__table__.c[name] for name in contacts.FIELDS)
 # The columns every expanded email is written with, in row order (the rest take their defaults:
 # cc and bcc the empty list), with their PostgreSQL types for a binary COPY.
 _COPY_COLUMNS = {
@@ -154,9 +144,6 @@ class Recipe:
         return rendered
 
 
-_CONTACT_KEYS = tuple(column.key for column in _CONTACT_COLUMNS)
-
-
 def _contact_context(contact: sa.Row[Any]) -> dict[str, object]:
     """What a template sees as ``contact`` (``templates.contact_context``), from a row that ends
     with ``_CONTACT_COLUMNS``.
@@ -164,7 +151,8 @@ def _contact_context(contact: sa.Row[Any]) -> dict[str, object]:
     Straight from the row: loading ORM objects would cost a fifth of each recipient's time, and
     the tags and attributes need no copies, since the sandbox lets no template change them.
     """
-    return dict(zip(_CONTACT_KEYS, contact[-len(_CONTACT_KEYS) :], strict=True))
+    fields = contacts.FIELDS
+    return dict(zip(fields, contact[-len(fields) :], strict=True))
 
 
 class _Superseded(Exception):
