@@ -637,6 +637,9 @@ def rerender_failed(
     are added to ``tally``); the others stay Failed with the new reason. Returns how many went back.
     """
     recipe = _make_recipe(session, operation, message_id_domain=None)
+    # An operation expanded before its attachments were its own (migration 0008), or whose
+    # template had none then: its re-rendered emails get the template's as they are now.
+    link_each = not attachments.operation_has_attachments(session, operation.id)
     now = models.utcnow()
     recovered = 0
     after = 0
@@ -703,9 +706,7 @@ def rerender_failed(
             count = int(getattr(result, "rowcount", 0))
             recovered += count
             tally.move(operation.id, Status.FAILED, Status.PENDING_SEND, count)
-            if not attachments.operation_has_attachments(session, operation.id):
-                # An operation expanded before its attachments were its own (migration 0008),
-                # or whose template had none then: its emails get the template's as they are now.
+            if link_each:
                 attachments.link_template_attachments(
                     session, recipe.template_id, E.id.in_(recovered_ids)
                 )

@@ -321,18 +321,23 @@ class Attachment(Base):
 
     @property
     def object_type(self) -> str:
-        if self.email_id is not None:
-            return "email"
-        return "template" if self.template_id is not None else "bulk operation"
+        return self._owner[0]
 
     @property
     def object_id(self) -> int:
-        owner = next(
-            (o for o in (self.email_id, self.template_id, self.bulk_operation_id) if o is not None),
-            None,
+        return self._owner[1]
+
+    @property
+    def _owner(self) -> tuple[str, int]:
+        owners = (
+            ("email", self.email_id),
+            ("template", self.template_id),
+            ("bulk operation", self.bulk_operation_id),
         )
-        assert owner is not None
-        return owner
+        for kind, owner_id in owners:
+            if owner_id is not None:
+                return kind, owner_id
+        raise AssertionError("the one_owner check gives every attachment record an owner")
 
 
 class WorkerHeartbeat(Base):

@@ -682,6 +682,35 @@ def test_retry_failed_resends_delivery_failures_and_rerenders_render_failures(
     assert message.count(b'filename="terms.pdf"') == 1
 
 
+def test_a_rerender_in_an_operation_without_attachments_links_the_templates_current_ones(
+    setup: sa.Engine,
+) -> None:
+    add_contacts(setup, 2)
+    (broken,) = add_contacts(setup, 1, attributes={"seats": -1})
+    with db.session_scope(setup) as session:
+        templates.create(session, name="plain", subject="Plain", html=HTML, text=TEXT)
+    operation_id = submit(setup, template_name="plain")
+    expand(setup, operation_id)
+    assert _operation_attachments(setup, operation_id) == []
+
+    with db.session_scope(setup) as session:
+        template = templates.update(session, "plain", html="<p>Dear {{ contact.first_name }}</p>")
+        attachments.add(
+            session, attachments.Owner(template_id=template.id), file_name="new.pdf", data=PDF
+        )
+        assert bulk.retry_failed(session, operation_id) == 1
+    by_contact = {row.regarding_contact_id: row.id for row in emails_of(setup, operation_id)}
+    with db.session_scope(setup) as session:
+        carried = {
+            contact_id: [
+                item.record.file_name
+                for item in attachments.list_for(session, attachments.Owner(email_id=email_id))
+            ]
+            for contact_id, email_id in by_contact.items()
+        }
+    assert carried == {contact_id: [] for contact_id in by_contact} | {broken: ["new.pdf"]}
+
+
 # -- Reconcile ---------------------------------------------------------------------------------
 
 
