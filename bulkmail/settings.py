@@ -5,12 +5,16 @@ No other module reads ``os.environ``; callers pass a ``Settings`` (or use ``load
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bulkmail import errors
+
+PREFIX = "BULKMAIL_"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BULKMAIL_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
 
     database_url: str = Field(
         default="sqlite:///bulkmail.db",
@@ -66,5 +70,15 @@ class Settings(BaseSettings):
 
 
 def load() -> Settings:
-    """The settings of this process, from its environment."""
-    return Settings()
+    """The settings of this process, from its environment; one line naming each bad value."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{PREFIX}{'_'.join(map(str, problem['loc'])).upper()}={problem['input']!r}: "
+            f"{problem['msg'].lower()}"
+            for problem in error.errors()
+        )
+        raise errors.InvalidInput(
+            f"{problems}; fix or unset the environment variable (see the README's Settings)"
+        ) from None

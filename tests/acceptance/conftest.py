@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -24,10 +24,11 @@ class Result:
 class Cli:
     database_url: str
     cwd: Path
+    env: dict[str, str] = field(default_factory=dict)  # more BULKMAIL_* settings
 
     def __call__(self, *args: str, stdin: str | None = None) -> Result:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
-        env.update(BULKMAIL_DATABASE_URL=self.database_url, COLUMNS="200")
+        env.update(BULKMAIL_DATABASE_URL=self.database_url, COLUMNS="200", **self.env)
         done = subprocess.run(
             [str(BULKMAIL), *args],
             input=stdin,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from tests.acceptance.conftest import Cli
@@ -211,6 +212,16 @@ def test_missing_schema_and_usage_errors(cli: Cli) -> None:
     cli.refused("email", "create", "--from", "x@example.org", "--subject", "no to", code=2)
     err = cli.refused("email", "list", "--status", "bounced")
     assert "unknown status 'bounced'" in err
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(cli: Cli) -> None:
+    bad = dataclasses.replace(
+        cli, env={"BULKMAIL_MAX_ATTEMPTS": "abc", "BULKMAIL_EXPANSION_BATCH": "0"}
+    )
+    refusal = bad.refused("org", "show")
+    assert "BULKMAIL_MAX_ATTEMPTS='abc': input should be a valid integer" in refusal
+    assert "BULKMAIL_EXPANSION_BATCH='0': input should be greater than or equal to 1" in refusal
+    assert refusal.endswith("fix or unset the environment variable (see the README's Settings)")
 
 
 def test_unreachable_database_is_one_line(cli: Cli) -> None:
