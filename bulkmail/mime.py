@@ -321,7 +321,12 @@ def _text_part(subtype: str, text: str) -> list[bytes]:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text and not text.endswith("\n"):
         text += "\n"
-    if text.isascii() and "\0" not in text and max(map(len, text.split("\n"))) <= _SEVEN_BIT_LINE:
+    if (
+        text.isascii()
+        and "\0" not in text
+        and _BOUNDARY_MARK not in text
+        and max(map(len, text.split("\n"))) <= _SEVEN_BIT_LINE
+    ):
         # Most bulk mail is ASCII in short lines: sent as it is, it costs no encoding at all.
         return [_TEXT_HEADS[subtype, "7bit"], text.replace("\n", "\r\n").encode("ascii")]
     data = _utf8(f"text/{subtype} body", text)
@@ -342,7 +347,9 @@ _TEXT_HEADS = {
 # Lines a 7bit part may keep: RFC 5322's recommended 78 characters, less a margin for the CRLF.
 _SEVEN_BIT_LINE = 76
 # "=_" never starts a line of quoted-printable ("=" is always escaped) or base64 output, nor a
-# header line, so fixed boundaries cannot collide with content and cost nothing to make.
+# header line, and text holding "--=_" is not sent 7bit, so fixed boundaries cannot collide with
+# content and cost nothing to make.
+_BOUNDARY_MARK = "--=_"
 _MULTIPART = {
     subtype: (
         f'Content-Type: multipart/{subtype}; boundary="=_bulkmail_{subtype}"\r\n\r\n'

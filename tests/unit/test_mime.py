@@ -434,6 +434,14 @@ def test_bodies_take_the_shorter_transfer_encoding(text: str, encoding: str) -> 
     assert body(parsed, "plain") == as_text(text)
 
 
+def test_a_text_line_like_a_boundary_cannot_end_its_part() -> None:
+    text = "line one\n--=_bulkmail_alternative\nline three\n"
+    parsed = parse(mime.build(message(text=text, html="<p>html</p>")))
+    assert [part.get_content_subtype() for part in leaves(parsed)] == ["plain", "html"]
+    assert body(parsed, "plain") == as_text(text)
+    assert body(parsed, "html") == as_text("<p>html</p>")
+
+
 def test_an_empty_attachment_round_trips() -> None:
     parsed = parse(mime.build(message(attachments=(attachment(b"", filename="empty.txt"),))))
     [part] = leaves(parsed)[1:]
