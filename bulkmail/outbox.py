@@ -523,15 +523,26 @@ def reap(
     policy: RetryPolicy = RetryPolicy(),
     now: dt.datetime | None = None,
 ) -> int:
-    """Return Sending emails whose lease expired to Pending Send (or Failed when out of tries)."""
+    """Return Sending emails whose lease expired to Pending Send (or Failed when out of tries).
+
+    On PostgreSQL a row locked right now is skipped: its poller is completing or releasing it.
+    Waiting for that lock would stall the reaper, and every expired lease behind it, for as long
+    as a stalled poller keeps its transaction open.
+    """
     now = now or models.utcnow()
-    expired = (E.statuscode == _SENDING, E.lease_expires_at < now)
+
+    def expired(*more: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+        rows = sa.select(E.id).where(E.statuscode == _SENDING, E.lease_expires_at < now, *more)
+        if session.get_bind().dialect.name == "postgresql":
+            rows = rows.with_for_update(skip_locked=True)
+        return E.id.in_(rows.scalar_subquery())
+
     out_of_tries = sa.or_(
         E.delivery_attempts >= policy.max_attempts, E.created_at <= now - policy.max_lifetime
     )
     failed = session.scalars(
         sa.update(E)
-        .where(*expired, out_of_tries)
+        .where(expired(out_of_tries))
         .values(
             statuscode=int(Status.FAILED),
             statecode=int(State.OPEN),
@@ -545,7 +556,7 @@ def reap(
     ).all()
     returned = session.scalars(
         sa.update(E)
-        .where(*expired)
+        .where(expired())
         .values(statuscode=_PENDING, statecode=int(State.COMPLETED), **_unclaimed(now))
         .returning(E.bulk_operation_id)
         .execution_options(synchronize_session=False)

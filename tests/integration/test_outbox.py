@@ -216,6 +216,32 @@ def test_reaper_returns_expired_leases_and_fails_exhausted_ones(engine: sa.Engin
     assert row.failure_reason == "gave up after 10 attempts: the sending worker's lease expired"
 
 
+def test_reaper_skips_a_row_a_stalled_transaction_holds(pg_url: str) -> None:
+    # PostgreSQL only: SQLite runs one writing transaction at a time.
+    engine = db.make_engine(pg_url)
+    try:
+        sender = _sender(engine)
+        held, free = mailserver.insert_pending(engine, sender, 2)
+        _claim(engine)
+        later = models.utcnow() + LEASE + dt.timedelta(seconds=1)
+        with engine.connect() as stalled:
+            # A poller stopped in the middle of completing this email keeps its row locked.
+            stalled.execute(
+                sa.select(models.Email.id).where(models.Email.id == held).with_for_update()
+            )
+            with db.session_scope(engine) as session:
+                session.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+                assert outbox.reap(session, now=later) == 1
+            stalled.rollback()
+        assert _email(engine, free).current_status is Status.PENDING_SEND
+        assert _email(engine, held).current_status is Status.SENDING
+        with db.session_scope(engine) as session:
+            assert outbox.reap(session, now=later) == 1
+        assert _email(engine, held).current_status is Status.PENDING_SEND
+    finally:
+        engine.dispose()
+
+
 def test_concurrent_claimers_each_get_an_email_exactly_once(db_url: str) -> None:
     postgres = db_url.startswith("postgresql")
     engine = db.make_engine(db_url, pool_size=20) if postgres else db.make_engine(db_url)
