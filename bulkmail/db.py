@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event, exc, orm
 from sqlalchemy.engine import make_url
@@ -32,7 +33,23 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("json_deserializer", json_loads)
-    return sa.create_engine(parsed, **kwargs)
+    engine = sa.create_engine(parsed, **kwargs)
+    event.listen(engine, "handle_error", _session_ended_by_server)
+    return engine
+
+
+def _session_ended_by_server(context: sa.engine.ExceptionContext) -> BaseException | None:
+    """A session PostgreSQL ended for idling in a transaction is a lost connection.
+
+    The driver reports it as an InternalError; callers that wait out an outage (the pollers)
+    know lost connections as OperationalError, and the pool must not hand the connection out
+    again.
+    """
+    original = context.original_exception
+    if not isinstance(original, psycopg.errors.IdleInTransactionSessionTimeout):
+        return None
+    context.is_disconnect = True
+    return exc.OperationalError(context.statement, context.parameters, original)
 
 
 def json_loads(data: str | bytes | bytearray | memoryview) -> Any:

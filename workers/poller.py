@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 from sqlalchemy import exc
+from sqlalchemy.engine import make_url
 
 from bulkmail import (
     db,
@@ -98,7 +99,9 @@ class Poller:
             pid=os.getpid(),
             started_at=models.utcnow(),
         )
-        self.engine = db.make_engine(config.database_url, pool_size=config.rounds + 2)
+        self.engine = db.make_engine(
+            config.database_url, pool_size=config.rounds + 2, **_session_limits(config)
+        )
         self.totals = {"sent": 0, "retried": 0, "failed": 0}
         batch = config.batch
         if config.rate_limit:
@@ -294,6 +297,20 @@ async def _first(*waits: Coroutine[object, object, object]) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+def _session_limits(config: Config) -> dict[str, object]:
+    """PostgreSQL ends a poller's session that sits in an open transaction for a whole lease.
+
+    The poller's transactions last milliseconds; one left open is a stalled process (stopped,
+    swapped out), and its row locks would keep the emails it was claiming from every other
+    poller, and its claims from the reaper, until it woke. Ended, it rolls back: what it had
+    claimed and not committed stays Pending Send, and the poller reconnects when it wakes.
+    """
+    if make_url(config.database_url).get_backend_name() != "postgresql":
+        return {}
+    limit = int(config.lease.total_seconds() * 1000)
+    return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={limit}"}}
 
 
 def run(config: Config) -> None:

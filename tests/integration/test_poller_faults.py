@@ -23,10 +23,12 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import exc
 
-from bulkmail import db, models, wakeup
+from bulkmail import db, models, outbox, wakeup
 from bulkmail.status import Status
 from tests import conftest, mailserver, services
+from workers import poller as poller_process
 
 BULKMAIL = Path(sys.executable).with_name("bulkmail")
 BATCH = 50
@@ -492,3 +494,26 @@ def test_two_pollers_at_once_never_send_an_email_twice(
     assert sorted(totals) == sorted(p.process.pid for p in pollers)
     assert sum(totals.values()) == 3000
     assert all(totals.values()), f"one poller sent nothing: {totals}"
+
+
+def test_a_pollers_session_left_in_a_transaction_ends_after_a_lease(pg_url: str) -> None:
+    # A poller stopped inside a transaction must not keep its rows locked from the others.
+    config = poller_process.Config(
+        database_url=pg_url,
+        smtp_url="smtp://127.0.0.1:1",
+        policy=outbox.RetryPolicy(),
+        lease=dt.timedelta(seconds=1),
+    )
+    poller = poller_process.Poller(config)
+    try:
+        with poller.engine.connect() as connection:
+            shown = connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar()
+            assert shown == "1s"
+            time.sleep(1.5)
+            # Reported as a lost connection, which pollers wait out, and not handed out again.
+            with pytest.raises(exc.OperationalError):
+                connection.exec_driver_sql("SELECT 1").scalar()
+        with poller.engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+    finally:
+        poller.engine.dispose()
