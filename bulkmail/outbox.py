@@ -85,7 +85,9 @@ class Tally:
         if not params:
             return
         new = {name: getattr(Op, name) + sa.bindparam(f"d_{name}") for name in _COUNTERS.values()}
-        done_expanding = Op.status.in_((_OP_SENDING, _OP_COMPLETED))
+        # Two comparisons, not IN: an IN list is an expanding parameter, which executemany
+        # refuses, and this statement runs once per operation of the batch.
+        done_expanding = sa.or_(Op.status == _OP_SENDING, Op.status == _OP_COMPLETED)
         idle = new["pending"] + new["sending"] == 0
         stamp = sa.literal(now, models.UTCDateTime)
         session.connection().execute(

@@ -26,6 +26,7 @@ from bulkmail import (
 )
 from bulkmail.models import OperationStatus
 from bulkmail.status import Status
+from tests import mailserver
 
 SENDER = "sam@example.org"
 # 1000 // (seats + 1): a contact with seats = -1 breaks it, every other contact renders.
@@ -500,6 +501,57 @@ def test_a_blocked_sender_fails_the_emails_at_claim_and_completes_the_operation(
     assert claim(setup) == []
     op = operation(setup, operation_id)
     assert (op.current_status, op.failed, op.pending) == (OperationStatus.COMPLETED, 4, 0)
+
+def test_one_batch_holding_emails_of_several_operations_and_single_sends(
+    setup: sa.Engine,
+) -> None:
+    """The everyday case: a claim, its completion, a release and the reaper each move emails of
+    two operations and of no operation at once."""
+    add_contacts(setup, 6)
+    first, second = submit(setup), submit(setup)
+    expand(setup, first)
+    expand(setup, second)
+    with db.session_scope(setup) as session:
+        sender = mailboxes.find(session, SENDER).id
+    mailserver.insert_pending(setup, sender, 3)
+
+    claimed = claim(setup)
+    assert len(claimed) == 15
+    # Interleaved, so that each outcome below spans both operations.
+    batch = sorted(claimed, key=lambda c: (c.email.id % 5, c.email.id))
+    # Outcomes of every kind, each spanning both operations.
+    for part in (batch[0:5], batch[5:9], batch[9:11], batch[11:]):
+        assert {first, second} <= {c.email.bulk_operation_id for c in part}
+    complete(setup, batch[0:5], "sent")
+    complete(setup, batch[5:9], "failed")
+    complete(setup, batch[9:11], "retry", policy=outbox.RetryPolicy(first_retry=dt.timedelta(0)))
+    with db.session_scope(setup) as session:
+        assert outbox.release(session, [(c.email.id, c.claim_token) for c in batch[11:]]) == 4
+    for operation_id in (first, second):
+        assert_counters_match_the_emails(setup, operation_id)
+
+    later = models.utcnow() + LEASE + dt.timedelta(seconds=1)
+    again = claim(setup, now=later)
+    assert {c.email.bulk_operation_id for c in again} == {first, second, None}
+    with db.session_scope(setup) as session:
+        assert outbox.reap(session, now=later + LEASE + dt.timedelta(seconds=1)) == len(again)
+    for operation_id in (first, second):
+        assert_counters_match_the_emails(setup, operation_id)
+        with db.session_scope(setup) as session:
+            bulk.retry_failed(session, operation_id)
+        assert_counters_match_the_emails(setup, operation_id)
+
+    complete(setup, claim(setup, now=later + 2 * LEASE), "sent")
+    for operation_id in (first, second):
+        op = operation(setup, operation_id)
+        assert (op.current_status, op.sent, op.pending, op.sending) == (
+            OperationStatus.COMPLETED,
+            6,
+            0,
+            0,
+        )
+        assert_counters_match_the_emails(setup, operation_id)
+
     assert_counters_match_the_emails(setup, operation_id)
 
 
