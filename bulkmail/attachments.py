@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from bulkmail import errors, headers, mime, models, organization
 from bulkmail.status import EDITABLE, Status
@@ -82,9 +82,8 @@ def check_size(session: orm.Session, file_name: str, size: int) -> None:
 def store_blob(session: orm.Session, data: bytes) -> int:
     """The ``attachment_id`` of a blob holding ``data``, inserting it only if it is new."""
     digest = hashlib.sha256(data).hexdigest()
-    insert = postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
     session.execute(
-        insert(models.AttachmentBlob)
+        postgresql.insert(models.AttachmentBlob)
         .values(sha256=digest, size=len(data), data=data, created_at=models.utcnow())
         .on_conflict_do_nothing(index_elements=["sha256"])
     )
@@ -317,7 +316,3 @@ def _content_id(given: str) -> str:
             f"content id {given!r} must be printable ASCII without spaces, e.g. logo@example.org"
         )
     return value
-
-
-def _dialect(session: orm.Session) -> str:
-    return session.get_bind().dialect.name

@@ -16,7 +16,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import errors, expansion, headers, mailboxes, models, outbox, templates, wakeup
+from bulkmail import db, errors, expansion, headers, mailboxes, models, outbox, templates, wakeup
 from bulkmail import query as query_language
 from bulkmail.models import OperationStatus
 from bulkmail.status import State, Status
@@ -133,7 +133,7 @@ def cancel(session: orm.Session, operation_id: int) -> models.BulkOperation:
         .values(status=OperationStatus.CANCELED.value, completed_at=now, progressed_at=now)
         .execution_options(synchronize_session=False)
     )
-    if getattr(stopped, "rowcount", 0) == 0:
+    if db.rowcount(stopped) == 0:
         current = get(session, operation_id).current_status
         if current is not OperationStatus.CANCELED:
             raise errors.Conflict(
@@ -145,14 +145,14 @@ def cancel(session: orm.Session, operation_id: int) -> models.BulkOperation:
 
 def _cancel_pending(session: orm.Session, operation_id: int, now: dt.datetime) -> None:
     """Cancel the canceled operation's Pending Send emails in one UPDATE."""
-    pending = sa.select(E.id).where(
-        E.bulk_operation_id == operation_id, E.statuscode == int(Status.PENDING_SEND)
+    # The operation row is locked already; waiting here for an email that a poller holds (it
+    # will lock the operation next) would deadlock. Such an email is being claimed and goes
+    # out, or it comes back and the reconciler cancels it.
+    pending = (
+        sa.select(E.id)
+        .where(E.bulk_operation_id == operation_id, E.statuscode == int(Status.PENDING_SEND))
+        .with_for_update(skip_locked=True, key_share=True)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        # The operation row is locked already; waiting here for an email that a poller holds
-        # (it will lock the operation next) would deadlock. Such an email is being claimed and
-        # goes out, or it comes back and the reconciler cancels it.
-        pending = pending.with_for_update(skip_locked=True, key_share=True)
     result = session.execute(
         sa.update(E)
         .where(E.id.in_(pending.scalar_subquery()))
@@ -160,9 +160,7 @@ def _cancel_pending(session: orm.Session, operation_id: int, now: dt.datetime) -
         .execution_options(synchronize_session=False)
     )
     tally = outbox.Tally()
-    tally.move(
-        operation_id, Status.PENDING_SEND, Status.CANCELED, int(getattr(result, "rowcount", 0))
-    )
+    tally.move(operation_id, Status.PENDING_SEND, Status.CANCELED, db.rowcount(result))
     tally.write(session, now=now)
 
 
@@ -199,7 +197,7 @@ def retry_failed(session: orm.Session, operation_id: int) -> int:
         )
         .execution_options(synchronize_session=False)
     )
-    resent = int(getattr(delivery, "rowcount", 0))
+    resent = db.rowcount(delivery)
     tally.move(operation_id, Status.FAILED, Status.PENDING_SEND, resent)
     rendered = 0
     if operation.render_failures:

@@ -82,9 +82,9 @@ def _attachments(session: orm.Session, rows: Sequence[Stored]) -> dict[int, list
     operation_ids = sorted(
         {row.bulk_operation_id for row in rows if row.bulk_operation_id is not None}
     )
-    owned = _among(session, A.email_id, [row.id for row in rows], "email_ids")
+    owned = _among(A.email_id, [row.id for row in rows], "email_ids")
     if operation_ids:
-        owned = sa.or_(owned, _among(session, A.bulk_operation_id, operation_ids, "operation_ids"))
+        owned = sa.or_(owned, _among(A.bulk_operation_id, operation_ids, "operation_ids"))
     records = session.execute(
         sa.select(
             A.email_id,
@@ -131,14 +131,9 @@ def _attachments(session: orm.Session, rows: Sequence[Stored]) -> dict[int, list
 
 
 def _among(
-    session: orm.Session,
-    column: orm.InstrumentedAttribute[int | None],
-    ids: Sequence[int | None],
-    name: str,
+    column: orm.InstrumentedAttribute[int | None], ids: Sequence[int | None], name: str
 ) -> sa.ColumnElement[bool]:
-    # On PostgreSQL one array literal in one text parameter: an IN list of a batch's ids, or an
-    # array dumped element by element, costs more to send than the query takes to run.
-    if session.get_bind().dialect.name == "postgresql":
-        literal = "{" + ",".join(map(str, ids)) + "}"
-        return column == sa.any_(sa.cast(sa.bindparam(name, literal), ARRAY(sa.BigInteger)))
-    return column.in_(ids)
+    # One array literal in one text parameter: an IN list of a batch's ids, or an array dumped
+    # element by element, costs more to send than the query takes to run.
+    literal = "{" + ",".join(map(str, ids)) + "}"
+    return column == sa.any_(sa.cast(sa.bindparam(name, literal), ARRAY(sa.BigInteger)))

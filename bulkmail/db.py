@@ -1,6 +1,6 @@
 """Database access: engines, sessions, and the translation of driver errors into clear ones.
 
-SQLite (the embedded default) and PostgreSQL through psycopg 3 (production) are supported.
+PostgreSQL through psycopg 3 is the only database.
 """
 
 from __future__ import annotations
@@ -19,16 +19,14 @@ from bulkmail import errors
 
 
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
-    """An engine for ``url`` with the settings bulkmail relies on per backend."""
+    """An engine for the PostgreSQL database at ``url``, with the settings bulkmail relies on."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        # Pollers and the CLI share the file: wait on a lock instead of failing at once.
-        kwargs.setdefault("connect_args", {"timeout": 30})
-        engine = sa.create_engine(parsed, **kwargs)
-        event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_on_begin)
-        return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+    if parsed.get_backend_name() != "postgresql":
+        raise errors.InvalidInput(
+            f"the database URL {parsed.render_as_string(hide_password=True)} is not PostgreSQL; "
+            "bulkmail needs postgresql://user:password@host:port/database"
+        )
+    if parsed.drivername != "postgresql+psycopg":
         # A bare postgresql:// would pick psycopg2, which is not a dependency.
         parsed = parsed.set(drivername="postgresql+psycopg")
     kwargs.setdefault("pool_pre_ping", True)
@@ -69,23 +67,9 @@ def json_loads(data: str | bytes | bytearray | memoryview) -> Any:
     return json.loads(text)
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # pysqlite's own transaction handling defers BEGIN; we issue it ourselves (see on_begin) so
-    # that a write transaction takes its lock up front and RETURNING claims stay atomic.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = NORMAL")
-    cursor.close()
-
-
-def _sqlite_on_begin(connection: sa.Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def sessionmaker(engine: sa.Engine) -> orm.sessionmaker[orm.Session]:
-    return orm.sessionmaker(engine, expire_on_commit=False)
+def rowcount(result: sa.Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE changed (``Result`` types it only on cursor results)."""
+    return int(getattr(result, "rowcount", 0))
 
 
 @contextlib.contextmanager
@@ -108,7 +92,7 @@ def translate(error: exc.DBAPIError, engine: sa.Engine) -> Exception:
     """A clear bulkmail error for the driver errors a user can fix, else ``error`` itself."""
     text = str(error.orig) if error.orig is not None else str(error)
     where = engine.url.render_as_string(hide_password=True)
-    if "no such table" in text or "UndefinedTable" in type(error.orig).__name__:
+    if isinstance(error.orig, psycopg.errors.UndefinedTable):
         return errors.SchemaMissing(
             f"the database {where} has no bulkmail schema or an old one; run `bulkmail db upgrade`"
         )
@@ -122,6 +106,6 @@ def translate(error: exc.DBAPIError, engine: sa.Engine) -> Exception:
 
 
 def _is_connect_failure(text: str) -> bool:
-    markers = ("connection refused", "could not connect", "connection failed", "unable to open")
+    markers = ("connection refused", "could not connect", "connection failed")
     lowered = text.lower()
     return any(marker in lowered for marker in markers)

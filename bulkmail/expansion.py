@@ -3,24 +3,22 @@
 The contacts that match the operation's query are read in id order, a batch at a time from the
 operation's checkpoint (keyset pagination), so memory stays flat whatever their number. The
 template is compiled once and rendered for every recipient. Each batch is written in one short
-transaction: its rows go in with one COPY (PostgreSQL) or one multi-row INSERT (SQLite), and the
-checkpoint and counters move on. The template's attachments are copied once, by reference, to
-the operation when its expansion starts; every email of the operation carries them. On
-PostgreSQL a helper thread reads and renders the next batch while one is written, so Python
-renders on one core while PostgreSQL stores on the other.
+transaction: its rows go in with one COPY, and the checkpoint and counters move on. The
+template's attachments are copied once, by reference, to the operation when its expansion
+starts; every email of the operation carries them. A helper thread reads and renders the next
+batch while one is written, so Python renders on one core while PostgreSQL stores on the other.
 
 Exactly once. A batch's emails, the checkpoint and the counters commit together, and the
 operation row is changed with a compare-and-set on its status and checkpoint: a batch that finds
 the operation moved on (canceled, or expanded by another copy of the job) rolls back, and the
-next batch starts from what is stored. On PostgreSQL a session advisory lock lets one copy expand
-an operation at a time (it goes with the connection if the worker dies); a second copy returns at
+next batch starts from what is stored. A session advisory lock lets one copy expand an operation
+at a time (it goes with the connection if the worker dies); a second copy returns at
 once. Under all of that, a unique key on (operation, contact) makes a second email for a
 recipient impossible. So the job is safe to redeliver, to run twice at once, and to restart.
 
 Ids at render time. A template may show its email's id and Message-ID, so both exist before it
-renders: Message-IDs are generated here, and ids are taken from the emails' sequence on
-PostgreSQL, or counted on from the highest id under SQLite's write lock (every transaction there
-begins IMMEDIATE, and SQLite reads and writes a batch in one). The rows go in with those ids.
+renders: Message-IDs are generated here, and ids are taken from the emails' sequence. The rows
+go in with those ids.
 
 Renders that fail become Failed emails whose reason starts with ``RENDER_FAILED``; retrying the
 operation's failures renders those again (``rerender_failed``).
@@ -182,21 +180,14 @@ def expand(
             return recipe
         while True:
             try:
-                if engine.dialect.name == "postgresql":
-                    return _expand_ahead(engine, recipe, batch_size)
-                return _expand_in_turn(engine, recipe, batch_size)
+                return _expand_ahead(engine, recipe, batch_size)
             except _Superseded:
                 continue
 
 
 @contextlib.contextmanager
 def _exclusive(engine: sa.Engine, operation_id: int) -> Iterator[bool]:
-    """Whether this process may expand the operation: on PostgreSQL, while it holds the lock."""
-    if engine.dialect.name != "postgresql":
-        # SQLite runs one writing transaction at a time, and every batch reads the checkpoint
-        # inside its own; the compare-and-set does the rest.
-        yield True
-        return
+    """Whether this process may expand the operation: while it holds the lock."""
     with engine.connect() as connection:
         key = {"space": _LOCK_SPACE, "op": operation_id}
         acquired = connection.scalar(sa.text("SELECT pg_try_advisory_lock(:space, :op)"), key)
@@ -245,7 +236,7 @@ def _start(
             )
             .execution_options(synchronize_session=False)
         )
-        if getattr(started, "rowcount", 0) != 1:
+        if db.rowcount(started) != 1:
             session.refresh(operation)
             return operation.current_status
         if operation.status == OperationStatus.QUEUED.value:
@@ -303,20 +294,12 @@ class _Batch:
     rows: list[tuple[object, ...]]  # in the order of _COLUMNS
 
 
-def _expand_in_turn(engine: sa.Engine, recipe: Recipe, batch_size: int) -> OperationStatus:
-    while True:
-        with engine.begin() as connection:
-            status = _step(connection, recipe, batch_size)
-        if status is not None:
-            return status
-
-
 def _step(connection: sa.Connection, recipe: Recipe, batch_size: int) -> OperationStatus | None:
     """Read, render and write the next batch in one transaction; the status once none is left."""
     state = _state(connection, recipe)
     if state.status != _EXPANDING:
         return OperationStatus(state.status)
-    # On PostgreSQL the contacts are locked, so that none is deleted before its email is in.
+    # The contacts are locked, so that none is deleted before its email is in.
     batch = _prepare(connection, recipe, state.checkpoint, batch_size, lock=True)
     if batch is None:
         return _finish(connection, recipe, state.checkpoint)
@@ -432,7 +415,7 @@ def _prepare(
         .order_by(C.id)
         .limit(batch_size)
     )
-    if lock and connection.dialect.name == "postgresql":
+    if lock:
         select = select.with_for_update(read=True, key_share=True)
     contacts = connection.execute(select).all()
     if not contacts:
@@ -453,16 +436,9 @@ def _prepare(
 
 def _write(connection: sa.Connection, recipe: Recipe, batch: _Batch) -> None:
     """Store a batch's emails and move the checkpoint and counters."""
-    postgres = connection.dialect.name == "postgresql"
-    if postgres:
-        _tune(connection)
-    if batch.rows and postgres:
+    _tune(connection)
+    if batch.rows:
         _copy(connection, batch.rows)
-    elif batch.rows:
-        connection.execute(
-            sa.insert(models.Email),
-            [dict(zip(_COLUMNS, row, strict=True)) for row in batch.rows],
-        )
     counts = batch.counts
     now = models.utcnow()
     moved = connection.execute(
@@ -486,7 +462,7 @@ def _write(connection: sa.Connection, recipe: Recipe, batch: _Batch) -> None:
     )
     if moved.rowcount != 1:
         raise _Superseded
-    if postgres and counts["created"]:
+    if counts["created"]:
         # Wakes the pollers once per batch, when it commits.
         connection.execute(sa.text(f"NOTIFY {wakeup.CHANNEL}"))
 
@@ -521,18 +497,14 @@ def _finish(connection: sa.Connection, recipe: Recipe, checkpoint: int) -> Opera
 
 
 def _reserve_ids(connection: sa.Connection, count: int) -> list[int]:
-    if connection.dialect.name == "postgresql":
-        reserved: list[int] = connection.scalar(
-            sa.text(
-                "SELECT array_agg(nextval(pg_get_serial_sequence('emails', 'id')))"
-                " FROM generate_series(1, :count)"
-            ),
-            {"count": count},
-        )
-        return reserved
-    highest = connection.scalar(sa.select(sa.func.coalesce(sa.func.max(E.id), 0)))
-    assert highest is not None
-    return list(range(highest + 1, highest + 1 + count))
+    reserved: list[int] = connection.scalar(
+        sa.text(
+            "SELECT array_agg(nextval(pg_get_serial_sequence('emails', 'id')))"
+            " FROM generate_series(1, :count)"
+        ),
+        {"count": count},
+    )
+    return reserved
 
 
 def _rows(
@@ -703,7 +675,7 @@ def rerender_failed(
                 .execution_options(synchronize_session=False),
                 rendered,
             )
-            count = int(getattr(result, "rowcount", 0))
+            count = db.rowcount(result)
             recovered += count
             tally.move(operation.id, Status.FAILED, Status.PENDING_SEND, count)
             if link_each:

@@ -21,9 +21,8 @@ How rows become contacts:
   duplicates. A contact whose stored values already equal the row's is counted as unchanged
   and is not written.
 
-Rows are staged in a temporary table (COPY on PostgreSQL, batched inserts on SQLite) and merged
-into ``contacts`` with one ``INSERT ... ON CONFLICT`` statement, so memory stays constant
-whatever the size of the file.
+Rows are staged in a temporary table with COPY and merged into ``contacts`` with one
+``INSERT ... ON CONFLICT`` statement, so memory stays constant whatever the size of the file.
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ OPT_OUT = "do_not_bulk_email"
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SQLITE_BATCH = 5_000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -116,9 +114,8 @@ def import_csv(
     """
     reader = csv.reader(source)
     layout = _Layout.from_header(_read_header(reader))
-    staging, merge = _BACKENDS[session.get_bind().dialect.name]
     rows = rejected = 0
-    with staging(session) as stage:
+    with _staging(session) as stage:
         for item in _rows(reader, layout):
             rows += 1
             if isinstance(item, Rejected):
@@ -129,7 +126,7 @@ def import_csv(
                     on_rejected(item)
             else:
                 stage(item)
-    counts = merge(session, models.utcnow())
+    counts = _merge(session, models.utcnow())
     # The merge wrote behind the ORM's back: reload anything this session had loaded.
     session.expire_all()
     return ImportResult(
@@ -323,7 +320,7 @@ _COLUMNS = (
     "tags, attributes, do_not_bulk_email"
 )
 
-_PG_CREATE = """
+_CREATE = """
 CREATE TEMPORARY TABLE bulkmail_import (
     line bigint NOT NULL,
     email text NOT NULL,
@@ -336,7 +333,7 @@ CREATE TEMPORARY TABLE bulkmail_import (
 
 # DISTINCT ON keeps the last row of each address: one INSERT may not touch a row twice.
 # xmax = 0 on a returned row means the INSERT created it rather than updated it.
-_PG_MERGE = """
+_MERGE = """
 WITH latest AS MATERIALIZED (
     SELECT DISTINCT ON (email) * FROM bulkmail_import ORDER BY email, line DESC
 ), written AS (
@@ -376,87 +373,25 @@ SELECT (SELECT count(*) FROM latest) AS distinct_rows,
 FROM written
 """
 
+
 # The primary key on email with INSERT OR REPLACE keeps the last row of each address.
-_SQLITE_CREATE = """
-CREATE TEMPORARY TABLE bulkmail_import (
-    email TEXT NOT NULL PRIMARY KEY,
-    line INTEGER NOT NULL,
-    first_name TEXT, last_name TEXT, company TEXT, country TEXT, language TEXT,
-    tags TEXT NOT NULL,
-    attributes TEXT NOT NULL,
-    do_not_bulk_email INTEGER
-)
-"""
-_SQLITE_STAGE = f"INSERT OR REPLACE INTO bulkmail_import ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
-
-_SQLITE_NEW_TAGS = """EXISTS (
-    SELECT 1 FROM json_each(excluded.tags) AS n
-    WHERE n.value NOT IN (SELECT o.value FROM json_each(contacts.tags) AS o)
-)"""
-
-# Compared key by key, not as JSON text: the ORM stores "\u00fc" where the import stores "ü".
-_SQLITE_NEW_ATTRIBUTES = """EXISTS (
-    SELECT 1 FROM json_each(excluded.attributes) AS n
-    WHERE n.value IS NOT json_extract(contacts.attributes, '$."' || n.key || '"')
-)"""
-
-# "WHERE true" tells SQLite's parser that ON CONFLICT starts the upsert, not a join constraint.
-_SQLITE_MERGE = f"""
-INSERT INTO contacts (
-    email, first_name, last_name, company, country, language,
-    tags, attributes, do_not_bulk_email, created_at, modified_at
-)
-SELECT email, first_name, last_name, company, country, language,
-       tags, attributes, coalesce(do_not_bulk_email, 0), :now, :now
-FROM bulkmail_import WHERE true
-ON CONFLICT (email) DO UPDATE SET
-    first_name = coalesce(excluded.first_name, contacts.first_name),
-    last_name = coalesce(excluded.last_name, contacts.last_name),
-    company = coalesce(excluded.company, contacts.company),
-    country = coalesce(excluded.country, contacts.country),
-    language = coalesce(excluded.language, contacts.language),
-    tags = CASE WHEN {_SQLITE_NEW_TAGS} THEN (
-        SELECT json_group_array(u.value) FROM (
-            SELECT value FROM json_each(contacts.tags)
-            UNION SELECT value FROM json_each(excluded.tags)
-            ORDER BY value
-        ) AS u
-    ) ELSE contacts.tags END,
-    attributes = json_patch(contacts.attributes, excluded.attributes),
-    do_not_bulk_email = contacts.do_not_bulk_email OR excluded.do_not_bulk_email,
-    modified_at = excluded.modified_at
-WHERE coalesce(excluded.first_name, contacts.first_name) IS NOT contacts.first_name
-   OR coalesce(excluded.last_name, contacts.last_name) IS NOT contacts.last_name
-   OR coalesce(excluded.company, contacts.company) IS NOT contacts.company
-   OR coalesce(excluded.country, contacts.country) IS NOT contacts.country
-   OR coalesce(excluded.language, contacts.language) IS NOT contacts.language
-   OR {_SQLITE_NEW_TAGS}
-   OR {_SQLITE_NEW_ATTRIBUTES}
-   OR (excluded.do_not_bulk_email AND NOT contacts.do_not_bulk_email)
-"""
-
-_SQLITE_EXISTING = """
-SELECT count(*) FROM bulkmail_import AS i JOIN contacts AS c ON c.email = i.email
-"""
-
-
 def _now_bound(sql: str) -> sa.TextClause:
     return sa.text(sql).bindparams(sa.bindparam("now", type_=models.UTCDateTime()))
 
 
 @contextlib.contextmanager
-def _postgres_staging(session: orm.Session) -> Iterator[Callable[[_Row], None]]:
+def _staging(session: orm.Session) -> Iterator[Callable[[_Row], None]]:
     connection = session.connection().connection.driver_connection
     assert connection is not None
     with connection.cursor() as cursor:
-        cursor.execute(_PG_CREATE)
+        cursor.execute(_CREATE)
         # An exception inside the block aborts the COPY; the caller's rollback cleans up.
         with cursor.copy(f"COPY bulkmail_import ({_COLUMNS}) FROM STDIN") as copy:
             yield copy.write_row
 
 
-def _postgres_merge(session: orm.Session, now: dt.datetime) -> _Counts:
-    distinct, inserted, updated = session.execute(_now_bound(_PG_MERGE), {"now": now}).one()
+def _merge(session: orm.Session, now: dt.datetime) -> _Counts:
+    distinct, inserted, updated = session.execute(_now_bound(_MERGE), {"now": now}).one()
     session.execute(sa.text("DROP TABLE bulkmail_import"))
     return _Counts(
         inserted=inserted,
@@ -466,51 +401,9 @@ def _postgres_merge(session: orm.Session, now: dt.datetime) -> _Counts:
     )
 
 
-@contextlib.contextmanager
-def _sqlite_staging(session: orm.Session) -> Iterator[Callable[[_Row], None]]:
-    session.execute(sa.text(_SQLITE_CREATE))
-    connection = session.connection().connection.driver_connection
-    assert connection is not None
-    batch: list[_Row] = []
-
-    def add(row: _Row) -> None:
-        batch.append(row)
-        if len(batch) >= _SQLITE_BATCH:
-            connection.executemany(_SQLITE_STAGE, batch)
-            batch.clear()
-
-    yield add
-    connection.executemany(_SQLITE_STAGE, batch)
-
-
-def _sqlite_merge(session: orm.Session, now: dt.datetime) -> _Counts:
-    # The transaction holds SQLite's write lock, so the count of existing rows stays true.
-    distinct = session.execute(sa.text("SELECT count(*) FROM bulkmail_import")).scalar_one()
-    existing = session.execute(sa.text(_SQLITE_EXISTING)).scalar_one()
-    written = session.connection().execute(_now_bound(_SQLITE_MERGE), {"now": now}).rowcount
-    session.execute(sa.text("DROP TABLE bulkmail_import"))
-    inserted = distinct - existing
-    updated = written - inserted
-    return _Counts(
-        inserted=inserted, updated=updated, unchanged=existing - updated, distinct=distinct
-    )
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _Counts:
     inserted: int
     updated: int
     unchanged: int
     distinct: int
-
-
-_BACKENDS: dict[
-    str,
-    tuple[
-        Callable[[orm.Session], contextlib.AbstractContextManager[Callable[[_Row], None]]],
-        Callable[[orm.Session, dt.datetime], _Counts],
-    ],
-] = {
-    "postgresql": (_postgres_staging, _postgres_merge),
-    "sqlite": (_sqlite_staging, _sqlite_merge),
-}

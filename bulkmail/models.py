@@ -13,9 +13,8 @@ from sqlalchemy.dialects import postgresql
 
 from bulkmail import status
 
-# Integer keys on SQLite (its rowid alias autoincrements only for INTEGER), 64-bit elsewhere.
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+BigId = sa.BigInteger()
+Json = postgresql.JSONB()
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -39,7 +38,7 @@ def isoformat(value: dt.datetime | None) -> str | None:
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
-    """Aware UTC datetimes on every backend (SQLite hands back naive ones)."""
+    """Aware datetimes in UTC, whatever the session's time zone; a naive one is refused."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -167,14 +166,12 @@ class Email(Base):
             sa.column("priority").desc(),
             sa.column("id"),
             postgresql_where=sa.text(f"statuscode = {PENDING}"),
-            sqlite_where=sa.text(f"statuscode = {PENDING}"),
         ),
         # The reaper: leases that may have expired.
         sa.Index(
             "ix_emails_sending_lease",
             "lease_expires_at",
             postgresql_where=sa.text(f"statuscode = {SENDING}"),
-            sqlite_where=sa.text(f"statuscode = {SENDING}"),
         ),
         # One email per recipient of a bulk operation, however often its expansion runs.
         sa.Index(

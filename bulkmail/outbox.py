@@ -191,8 +191,8 @@ def claim(
 ) -> list[Claimed]:
     """Move up to ``limit`` due Pending Send emails to Sending for ``worker`` and return them.
 
-    Highest priority first, then oldest. Two callers never get the same email: PostgreSQL
-    skips rows another claimer has locked, SQLite runs the single UPDATE under its write lock.
+    Highest priority first, then oldest. Two callers never get the same email: each skips
+    the rows another claimer has locked.
     Emails whose sender mailbox is blocked by the approval rules are failed here instead; emails
     of canceled bulk operations are never claimed. The caller commits right after, before any
     SMTP traffic.
@@ -207,15 +207,12 @@ def claim(
         "worker": worker,
         "lease_expires_at": now + lease,
     }
-    if connection.dialect.name == "postgresql":
-        sql, defaults = _pg_claim(connection.dialect)
-        loads = db.json_loads
-        rows = [
-            ClaimedEmail._make((*row[:-3], loads(row[-3]), loads(row[-2]), loads(row[-1])))
-            for row in connection.exec_driver_sql(sql, defaults | params).all()
-        ]
-    else:
-        rows = list(map(ClaimedEmail._make, connection.execute(_claim_statement(False), params)))
+    sql, defaults = _claim_sql(connection.dialect)
+    loads = db.json_loads
+    rows = [
+        ClaimedEmail._make((*row[:-3], loads(row[-3]), loads(row[-2]), loads(row[-1])))
+        for row in connection.exec_driver_sql(sql, defaults | params).all()
+    ]
     rows.sort(key=lambda row: (-row.priority, row.id))
     blocked = _blocked(session, rows)
     if blocked:
@@ -235,12 +232,12 @@ def claim(
     return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
 
 
-def _claim_statement(postgres: bool) -> sa.Update:
+def _claim_statement() -> sa.Update:
     """The claim, one statement with the parameters now, limit, token, worker and
     lease_expires_at.
 
-    On PostgreSQL the due rows are chosen in a CTE and locked with FOR UPDATE SKIP LOCKED, and
-    the address lists come back as jsonb's text; SQLite runs the UPDATE under its write lock.
+    The due rows are chosen in a CTE and locked with FOR UPDATE SKIP LOCKED; the address lists
+    come back as jsonb's text.
     """
     now = sa.bindparam("now", type_=models.UTCDateTime)
     due = (
@@ -258,16 +255,12 @@ def _claim_statement(postgres: bool) -> sa.Update:
         .order_by(E.priority.desc(), E.id)
         .limit(sa.bindparam("limit", type_=sa.Integer))
     )
+    chosen = due.with_for_update(skip_locked=True).cte("due")
     returned: list[sa.ColumnElement[Any]] = list(_CLAIMED_COLUMNS)
-    if postgres:
-        chosen = due.with_for_update(skip_locked=True).cte("due")
-        mine = E.id == chosen.c.id
-        returned[-3:] = [sa.cast(column, sa.Text) for column in returned[-3:]]
-    else:
-        mine = E.id.in_(due.scalar_subquery())
+    returned[-3:] = [sa.cast(column, sa.Text) for column in returned[-3:]]
     return (
         sa.update(E)
-        .where(mine)
+        .where(E.id == chosen.c.id)
         .values(
             statuscode=_SENDING,
             statecode=int(State.COMPLETED),
@@ -283,15 +276,15 @@ def _claim_statement(postgres: bool) -> sa.Update:
 
 
 @functools.cache
-def _pg_claim(dialect: sa.Dialect) -> tuple[str, dict[str, Any]]:
-    """The PostgreSQL claim as driver SQL, compiled once, with its parameters' defaults (the
-    constants' values; ``claim`` gives the rest).
+def _claim_sql(dialect: sa.Dialect) -> tuple[str, dict[str, Any]]:
+    """The claim as driver SQL, compiled once, with its parameters' defaults (the constants'
+    values; ``claim`` gives the rest).
 
     It is the pollers' hottest statement: executed as driver SQL it costs no statement building,
     compilation or typed row processing (two thirds of the claim's CPU time in Python), and the
     address lists are parsed by ``db.json_loads``.
     """
-    compiled = _claim_statement(True).compile(dialect=dialect)
+    compiled = _claim_statement().compile(dialect=dialect)
     return str(compiled), dict(compiled.params)
 
 
@@ -424,13 +417,8 @@ def _update_claimed(
 ) -> int:
     """Apply ``values`` to each claimed email of ``params_list`` still holding its token;
     returns how many did. ``b_*`` bind parameters in ``values`` take each email's own value."""
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        mine = (E.id == sa.bindparam("b_id"), E.claim_token == sa.bindparam("b_token"))
-        statement = sa.update(E).where(*mine).values(**values)
-        return _rowcount(connection.execute(statement, params_list))
-    # PostgreSQL: one statement joined to the batch, passed as one JSON parameter (json.dumps
-    # is C; dumping five arrays element by element was a fifth of the completion's CPU time).
+    # One statement joined to the batch, passed as one JSON parameter (json.dumps is C; dumping
+    # five arrays element by element was a fifth of the completion's CPU time).
     types: dict[str, sa.types.TypeEngine[Any]] = {
         "b_id": sa.BigInteger(),
         "b_token": sa.Uuid(),
@@ -459,7 +447,7 @@ def _update_claimed(
         token = params["b_token"]
         params["b_token"] = texts.get(token) or texts.setdefault(token, str(token))
     rows = json.dumps(params_list, default=str)
-    return _rowcount(connection.execute(statement, {"b_rows": rows}))
+    return db.rowcount(session.connection().execute(statement, {"b_rows": rows}))
 
 
 def renew(
@@ -476,18 +464,20 @@ def renew(
     if not wanted:
         return 0
     now = now or models.utcnow()
-    mine = sa.select(E.id).where(E.statuscode == _SENDING, E.claim_token.in_(wanted))
-    if session.get_bind().dialect.name == "postgresql":
-        # A row locked now is being completed: it needs no renewal, and waiting for it while
-        # holding others could deadlock with that completion.
-        mine = mine.with_for_update(skip_locked=True)
+    # A row locked now is being completed: it needs no renewal, and waiting for it while
+    # holding others could deadlock with that completion.
+    mine = (
+        sa.select(E.id)
+        .where(E.statuscode == _SENDING, E.claim_token.in_(wanted))
+        .with_for_update(skip_locked=True)
+    )
     result = session.execute(
         sa.update(E)
         .where(E.id.in_(mine.scalar_subquery()))
         .values(lease_expires_at=now + lease)
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(result)
+    return db.rowcount(result)
 
 
 def release(
@@ -527,7 +517,7 @@ def reap(
 ) -> int:
     """Return Sending emails whose lease expired to Pending Send (or Failed when out of tries).
 
-    On PostgreSQL a row locked right now is skipped: its poller is completing or releasing it.
+    A row locked right now is skipped: its poller is completing or releasing it.
     Waiting for that lock would stall the reaper, and every expired lease behind it, for as long
     as a stalled poller keeps its transaction open.
     """
@@ -535,9 +525,7 @@ def reap(
 
     def expired(*more: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
         rows = sa.select(E.id).where(E.statuscode == _SENDING, E.lease_expires_at < now, *more)
-        if session.get_bind().dialect.name == "postgresql":
-            rows = rows.with_for_update(skip_locked=True)
-        return E.id.in_(rows.scalar_subquery())
+        return E.id.in_(rows.with_for_update(skip_locked=True).scalar_subquery())
 
     out_of_tries = sa.or_(
         E.delivery_attempts >= policy.max_attempts, E.created_at <= now - policy.max_lifetime
@@ -568,8 +556,3 @@ def reap(
     tally.move_each(returned, Status.SENDING, Status.PENDING_SEND)
     tally.write(session, now=now)
     return len(failed) + len(returned)
-
-
-def _rowcount(result: sa.Result[object]) -> int:
-    count = getattr(result, "rowcount", 0)
-    return int(count)

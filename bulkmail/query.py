@@ -18,15 +18,15 @@ Grammar (keywords are case-insensitive; precedence ``not`` > ``and`` > ``or``; p
     value      := 'text' (write '' for a quote) | 12 | -3.5 | true | false
                 | date 'YYYY-MM-DD' | timestamp 'YYYY-MM-DDTHH:MM:SS[+HH:MM]'
 
-Meaning, the same on PostgreSQL and SQLite:
+Meaning:
 
 - Every predicate is true or false, never unknown: a comparison with a missing value (an empty
   field, an absent attribute, an attribute that cannot be read as the literal's type) is false.
   So ``!=``, ``not in`` and ``not like`` are exactly ``not (=)``, ``not (in)``, ``not (like)``,
   and they match contacts where the value is missing; ``not`` is the plain complement.
 - Text compares by code point (binary), case-sensitively, except ``email``, whose literals are
-  lowercased as stored addresses are. ``like`` is case-insensitive (for non-ASCII letters only
-  on PostgreSQL), with ``%`` and ``_`` as wildcards and ``\\`` to escape them.
+  lowercased as stored addresses are. ``like`` is case-insensitive, with ``%`` and ``_`` as
+  wildcards and ``\\`` to escape them.
 - The literal's type decides how an attribute is read: a string compares string attributes; a
   number compares numeric attributes and strings written as plain decimal numbers (``12``,
   ``-0.5``; at most 40 characters, no exponent, no leading zeros or ``+``); ``true``/``false``
@@ -49,13 +49,13 @@ import datetime as dt
 import decimal
 import difflib
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import lark
 import sqlalchemy as sa
+from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql import elements, visitors
+from sqlalchemy.sql import elements
 
 from bulkmail import errors, models
 
@@ -259,40 +259,7 @@ def _check_depth(tree: lark.Tree[lark.Token]) -> None:
         stack.extend((child, depth + 1) for child in node.children if isinstance(child, lark.Tree))
 
 
-# --- backend-specific SQL --------------------------------------------------------------------
-
-_T = TypeVar("_T")
-
-
-class _ByDialect(elements.ColumnElement[_T]):
-    """One expression written for PostgreSQL and for SQLite, chosen when the SQL is compiled.
-
-    Both variants are children for SQLAlchemy's cache key, so their bound parameters are found
-    again on every execution of a cached statement.
-    """
-
-    inherit_cache = True
-    _traverse_internals = [  # noqa: RUF012 -- SQLAlchemy's declaration, read by its visitors
-        ("postgresql", visitors.InternalTraversal.dp_clauseelement),
-        ("sqlite", visitors.InternalTraversal.dp_clauseelement),
-    ]
-
-    def __init__(self, *, postgresql: sa.ColumnElement[_T], sqlite: sa.ColumnElement[_T]) -> None:
-        self.postgresql = postgresql
-        self.sqlite = sqlite
-        self.type = postgresql.type
-
-
-@compiles(_ByDialect)
-def _compile_postgresql(element: _ByDialect[Any], compiler: Any, **kw: Any) -> str:
-    # Also the default dialect's rendering, so str(parse(...)) shows readable SQL.
-    return str(compiler.process(element.postgresql, **kw))
-
-
-@compiles(_ByDialect, "sqlite")
-def _compile_sqlite(element: _ByDialect[Any], compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(element.sqlite, **kw))
-
+# --- attributes, tags and text order -----------------------------------------------------------
 
 _NUMERIC_TEXT = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
 
@@ -301,115 +268,54 @@ def _bound(value: object, type_: sa.types.TypeEngine[Any]) -> sa.BindParameter[A
     return sa.bindparam(None, value, type_=type_)
 
 
-def _sqlite_path(key: str) -> sa.BindParameter[Any]:
-    return _bound(f'$."{key}"', sa.Text())
+def _attribute(key: str) -> tuple[sa.ColumnElement[str], sa.ColumnElement[str]]:
+    """The attribute's JSON type name and its value as text (NULL when absent)."""
+    bound = _bound(key, sa.Text())
+    attributes = models.Contact.attributes
+    kind = sa.func.jsonb_typeof(attributes.op("->")(bound))
+    return kind, attributes.op("->>", return_type=sa.Text())(bound)
 
 
 def _attribute_text(key: str) -> sa.ColumnElement[str]:
     """The attribute's value if it is a JSON string, else NULL."""
-    bound, path = _bound(key, sa.Text()), _sqlite_path(key)
-    attributes = models.Contact.attributes
-    return _ByDialect(
-        postgresql=sa.case(
-            (
-                sa.func.jsonb_typeof(attributes.op("->")(bound)) == "string",
-                attributes.op("->>", return_type=sa.Text())(bound),
-            )
-        ),
-        sqlite=sa.case(
-            (
-                sa.func.json_type(attributes, path) == "text",
-                sa.func.json_extract(attributes, path, type_=sa.Text()),
-            )
-        ),
-    )
+    kind, text = _attribute(key)
+    return sa.case((kind == "string", text))
 
 
 def _attribute_number(key: str) -> sa.ColumnElement[decimal.Decimal]:
     """The attribute as a number: a JSON number or a string that spells a plain decimal."""
-    bound, path = _bound(key, sa.Text()), _sqlite_path(key)
-    attributes = models.Contact.attributes
-    pg_kind = sa.func.jsonb_typeof(attributes.op("->")(bound))
-    pg_text = attributes.op("->>", return_type=sa.Text())(bound)
+    kind, text = _attribute(key)
     # Only cast what is known to be numeric: a cast of other text would fail the whole query.
-    pg_numeric_text = sa.and_(
-        pg_kind == "string",
-        sa.func.length(pg_text) <= MAX_NUMBER_LENGTH,
-        pg_text.bool_op("~")(_NUMERIC_TEXT),
+    numeric_text = sa.and_(
+        kind == "string",
+        sa.func.length(text) <= MAX_NUMBER_LENGTH,
+        text.bool_op("~")(_NUMERIC_TEXT),
     )
-    sqlite_kind = sa.func.json_type(attributes, path)
-    sqlite_value = sa.func.json_extract(attributes, path, type_=sa.Text())
-    # SQLite has no regular expressions: the characters are checked with GLOB, then json_valid
-    # and json_type accept exactly JSON's number syntax (no leading zeros, digits around '.').
-    sqlite_numeric_text = sa.case(
-        (
-            sa.and_(
-                sqlite_kind == "text",
-                sa.func.length(sqlite_value) <= MAX_NUMBER_LENGTH,
-                sa.not_(sqlite_value.bool_op("GLOB")("*[^0-9.-]*")),
-                sa.func.json_valid(sqlite_value) == 1,
-            ),
-            sa.case(
-                (
-                    sa.func.json_type(sqlite_value).in_(["integer", "real"]),
-                    sa.cast(sqlite_value, sa.Numeric()),
-                )
-            ),
-        )
-    )
-    return _ByDialect(
-        postgresql=sa.case(
-            (pg_kind == "number", sa.cast(pg_text, sa.Numeric())),
-            (pg_numeric_text, sa.cast(pg_text, sa.Numeric())),
-        ),
-        sqlite=sa.case(
-            (sqlite_kind.in_(["integer", "real"]), sqlite_value),
-            else_=sqlite_numeric_text,
-        ),
+    return sa.case(
+        (kind == "number", sa.cast(text, sa.Numeric())),
+        (numeric_text, sa.cast(text, sa.Numeric())),
     )
 
 
 def _attribute_boolean(key: str) -> sa.ColumnElement[str]:
     """'true' or 'false' for a JSON boolean, the lowercased text of a string, else NULL."""
-    bound, path = _bound(key, sa.Text()), _sqlite_path(key)
-    attributes = models.Contact.attributes
-    pg_kind = sa.func.jsonb_typeof(attributes.op("->")(bound))
-    pg_text = attributes.op("->>", return_type=sa.Text())(bound)
-    sqlite_kind = sa.func.json_type(attributes, path)
-    sqlite_value = sa.func.json_extract(attributes, path, type_=sa.Text())
-    return _ByDialect(
-        postgresql=sa.case(
-            (pg_kind == "boolean", pg_text), (pg_kind == "string", sa.func.lower(pg_text))
-        ),
-        sqlite=sa.case(
-            (sqlite_kind == "true", "true"),
-            (sqlite_kind == "false", "false"),
-            (sqlite_kind == "text", sa.func.lower(sqlite_value)),
-        ),
-    )
+    kind, text = _attribute(key)
+    return sa.case((kind == "boolean", text), (kind == "string", sa.func.lower(text)))
 
 
 def _attribute_raw(key: str) -> sa.ColumnElement[str]:
     """The attribute as SQL text of any JSON type: NULL when absent or JSON null."""
-    bound, path = _bound(key, sa.Text()), _sqlite_path(key)
-    return _ByDialect(
-        postgresql=models.Contact.attributes.op("->>", return_type=sa.Text())(bound),
-        sqlite=sa.func.json_extract(models.Contact.attributes, path, type_=sa.Text()),
-    )
+    return _attribute(key)[1]
 
 
 def _binary(value: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
-    """Text ordered by code point on both backends (SQLite's BINARY; PostgreSQL's "C")."""
-    return _ByDialect(postgresql=sa.collate(value, "C"), sqlite=value)
+    """Text ordered by code point, whatever the database's collation."""
+    return sa.collate(value, "C")
 
 
 def _tags_contain(tag: str) -> sa.ColumnElement[bool]:
     tags = models.Contact.tags
-    each = sa.func.json_each(tags).table_valued("value")
-    return _ByDialect(
-        postgresql=elements.Grouping(tags.bool_op("@>")(_bound([tag], postgresql.JSONB()))),
-        sqlite=sa.select(sa.literal(1)).select_from(each).where(each.c.value == tag).exists(),
-    )
+    return elements.Grouping(tags.bool_op("@>")(_bound([tag], postgresql.JSONB())))
 
 
 # --- the tree to SQLAlchemy --------------------------------------------------------------------
@@ -451,11 +357,11 @@ def _two_valued(
     """``condition`` made false where ``operand`` is NULL, so that ``not`` is a complement."""
     if not nullable:
         return condition
-    if isinstance(operand, _ByDialect):
-        # Attribute expressions cannot use an index anyway: the shorter SQL wins.
-        return sa.func.coalesce(condition, sa.false(), type_=sa.Boolean())
-    # Keeps the plain comparison visible to the planner, so an index on the column can serve.
-    return sa.and_(operand.is_not(None), condition)
+    if isinstance(operand, orm.QueryableAttribute):
+        # Keeps the plain comparison visible to the planner, so an index on the column can serve.
+        return sa.and_(operand.is_not(None), condition)
+    # Attribute and collated expressions cannot use an index anyway: the shorter SQL wins.
+    return sa.func.coalesce(condition, sa.false(), type_=sa.Boolean())
 
 
 class _Compiler:
@@ -626,7 +532,7 @@ class _Compiler:
                 )
         operand, nullable = self.operand(field, first)
         literals = [self.literal(field, value) for value in values]
-        # Numbers bind as NUMERIC whatever the column: SQLite's driver takes no Decimal.
+        # Numbers bind as NUMERIC whatever the column.
         compared = sa.type_coerce(operand, sa.Numeric()) if first.kind == "number" else operand
         return _two_valued(operand, compared.in_(literals), nullable)
 

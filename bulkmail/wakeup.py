@@ -2,7 +2,7 @@
 
 One NOTIFY per committed batch, never per row: PostgreSQL folds identical notifications of a
 transaction into one, and pollers claim whatever is due when woken. Polling remains the fallback
-(and the only way on SQLite).
+while the listening connection is down.
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ CHANNEL = "bulkmail_outbox"
 
 
 def notify(session: orm.Session) -> None:
-    """Wake listening pollers when the caller's transaction commits (PostgreSQL only)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.text(f"NOTIFY {CHANNEL}"))
+    """Wake listening pollers when the caller's transaction commits."""
+    session.execute(sa.text(f"NOTIFY {CHANNEL}"))
 
 
-def conninfo(database_url: str) -> str | None:
-    """A libpq URL for LISTEN, or None when the database cannot notify (SQLite)."""
+def conninfo(database_url: str) -> str:
+    """A libpq URL for LISTEN."""
     url = make_url(database_url)
-    if url.get_backend_name() != "postgresql":
-        return None
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
@@ -40,11 +37,7 @@ async def listener(database_url: str) -> AsyncIterator[asyncio.Event]:
     Connection trouble is retried with backoff in the background; the caller keeps polling.
     """
     event = asyncio.Event()
-    info = conninfo(database_url)
-    if info is None:
-        yield event
-        return
-    task = asyncio.create_task(_listen(info, event))
+    task = asyncio.create_task(_listen(conninfo(database_url), event))
     try:
         yield event
     finally:

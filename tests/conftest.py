@@ -1,12 +1,10 @@
-"""Database fixtures: a PostgreSQL template database migrated once per session, copied per test,
-and a fresh SQLite file per test. Every test that takes ``db_url`` runs on both backends."""
+"""Database fixtures: a PostgreSQL template database migrated once per session, copied per test."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -53,19 +51,8 @@ def pg_url(pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'bulkmail.db'}"
-    engine = db.make_engine(url, poolclass=sa.NullPool)
-    migrate.upgrade(engine)
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
-    url: str = request.getfixturevalue(fixture)
-    return url
+def db_url(pg_url: str) -> str:
+    return pg_url
 
 
 @pytest.fixture

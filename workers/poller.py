@@ -33,7 +33,6 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 from sqlalchemy import exc
-from sqlalchemy.engine import make_url
 
 from bulkmail import (
     db,
@@ -307,8 +306,6 @@ def _session_limits(config: Config) -> dict[str, object]:
     poller, and its claims from the reaper, until it woke. Ended, it rolls back: what it had
     claimed and not committed stays Pending Send, and the poller reconnects when it wakes.
     """
-    if make_url(config.database_url).get_backend_name() != "postgresql":
-        return {}
     limit = int(config.lease.total_seconds() * 1000)
     return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={limit}"}}
 

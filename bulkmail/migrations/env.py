@@ -17,8 +17,6 @@ def run_migrations_online() -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        # SQLite cannot ALTER most things in place; batch mode rebuilds tables there.
-        render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         compare_server_default=False,
     )

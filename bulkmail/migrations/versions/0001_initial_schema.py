@@ -16,8 +16,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# Integer keys on SQLite (its rowid alias autoincrements only for INTEGER), 64-bit elsewhere.
-BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+BIG_ID = sa.BigInteger()
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 
@@ -171,7 +170,6 @@ def upgrade() -> None:
         [sa.literal_column("priority DESC"), "id"],
         unique=False,
         postgresql_where=sa.text("statuscode = 6"),
-        sqlite_where=sa.text("statuscode = 6"),
     )
     op.create_index(
         op.f("ix_emails_regarding_contact_id"), "emails", ["regarding_contact_id"], unique=False
@@ -184,7 +182,6 @@ def upgrade() -> None:
         ["lease_expires_at"],
         unique=False,
         postgresql_where=sa.text("statuscode = 7"),
-        sqlite_where=sa.text("statuscode = 7"),
     )
     op.create_index("ix_emails_statuscode_id", "emails", ["statuscode", "id"], unique=False)
 
@@ -195,7 +192,6 @@ def downgrade() -> None:
         "ix_emails_sending_lease",
         table_name="emails",
         postgresql_where=sa.text("statuscode = 7"),
-        sqlite_where=sa.text("statuscode = 7"),
     )
     op.drop_index(op.f("ix_emails_sender_user_id"), table_name="emails")
     op.drop_index(op.f("ix_emails_sender_queue_id"), table_name="emails")
@@ -204,7 +200,6 @@ def downgrade() -> None:
         "ix_emails_pending_claim",
         table_name="emails",
         postgresql_where=sa.text("statuscode = 6"),
-        sqlite_where=sa.text("statuscode = 6"),
     )
     op.drop_index("ix_emails_bulk_operation_id_statuscode", table_name="emails")
     op.drop_table("emails")

@@ -15,7 +15,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+BIG_ID = sa.BigInteger()
 
 
 def upgrade() -> None:
@@ -83,7 +83,6 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_attachments_template_id"), "attachments", ["template_id"], unique=False
     )
-    # On SQLite, batch mode rebuilds the emails table to add the foreign key.
     with op.batch_alter_table("emails") as batch:
         batch.create_index(op.f("ix_emails_template_id"), ["template_id"], unique=False)
         batch.create_foreign_key(
@@ -92,15 +91,6 @@ def upgrade() -> None:
             ["template_id"],
             ["id"],
             ondelete="SET NULL",
-        )
-    if op.get_bind().dialect.name == "sqlite":
-        # The rebuild keeps this partial index but drops its DESC; put it back as it was.
-        op.drop_index("ix_emails_pending_claim", table_name="emails")
-        op.create_index(
-            "ix_emails_pending_claim",
-            "emails",
-            [sa.literal_column("priority DESC"), "id"],
-            sqlite_where=sa.text("statuscode = 6"),
         )
 
 

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+BIG_ID = sa.BigInteger()
 COUNTERS = (
     "checkpoint",
     "matched",
@@ -87,7 +87,6 @@ def upgrade() -> None:
         "ix_bulk_operations_status_progressed_at", "bulk_operations", ["status", "progressed_at"]
     )
     op.create_index(op.f("ix_bulk_operations_template_id"), "bulk_operations", ["template_id"])
-    # On SQLite, batch mode rebuilds the emails table to add the foreign key.
     with op.batch_alter_table("emails") as batch:
         batch.create_index(
             "uq_emails_bulk_operation_id_regarding_contact_id",
@@ -101,7 +100,6 @@ def upgrade() -> None:
             ["id"],
             ondelete="SET NULL",
         )
-    _restore_claim_index()
 
 
 def downgrade() -> None:
@@ -110,21 +108,8 @@ def downgrade() -> None:
             op.f("fk_emails_bulk_operation_id_bulk_operations"), type_="foreignkey"
         )
         batch.drop_index("uq_emails_bulk_operation_id_regarding_contact_id")
-    _restore_claim_index()
     op.drop_index(op.f("ix_bulk_operations_template_id"), table_name="bulk_operations")
     op.drop_index("ix_bulk_operations_status_progressed_at", table_name="bulk_operations")
     op.drop_index(op.f("ix_bulk_operations_sender_user_id"), table_name="bulk_operations")
     op.drop_index(op.f("ix_bulk_operations_sender_queue_id"), table_name="bulk_operations")
     op.drop_table("bulk_operations")
-
-
-def _restore_claim_index() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        # The rebuild keeps this partial index but drops its DESC; put it back as it was.
-        op.drop_index("ix_emails_pending_claim", table_name="emails")
-        op.create_index(
-            "ix_emails_pending_claim",
-            "emails",
-            [sa.literal_column("priority DESC"), "id"],
-            sqlite_where=sa.text("statuscode = 6"),
-        )

@@ -13,7 +13,6 @@ Create Date: 2026-11-27
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
@@ -23,25 +22,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # On SQLite, batch mode rebuilds the table to drop the constraint.
     with op.batch_alter_table("emails") as batch:
         batch.drop_constraint(op.f("uq_emails_tracking_token"), type_="unique")
-    _restore_claim_index()
 
 
 def downgrade() -> None:
     with op.batch_alter_table("emails") as batch:
         batch.create_unique_constraint(op.f("uq_emails_tracking_token"), ["tracking_token"])
-    _restore_claim_index()
-
-
-def _restore_claim_index() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        # The rebuild keeps this partial index but drops its DESC; put it back as it was.
-        op.drop_index("ix_emails_pending_claim", table_name="emails")
-        op.create_index(
-            "ix_emails_pending_claim",
-            "emails",
-            [sa.literal_column("priority DESC"), "id"],
-            sqlite_where=sa.text("statuscode = 6"),
-        )

@@ -20,7 +20,7 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+BIG_ID = sa.BigInteger()
 _ONE_OWNER = (
     "CASE WHEN email_id IS NULL THEN 0 ELSE 1 END"
     " + CASE WHEN template_id IS NULL THEN 0 ELSE 1 END"
@@ -30,7 +30,6 @@ _TWO_OWNERS = "(email_id IS NULL) <> (template_id IS NULL)"
 
 
 def upgrade() -> None:
-    # On SQLite, batch mode rebuilds the table to replace the check constraint.
     with op.batch_alter_table("attachments") as batch:
         batch.add_column(sa.Column("bulk_operation_id", BIG_ID, nullable=True))
         batch.create_foreign_key(

@@ -23,27 +23,12 @@ _COLUMNS = ("cc_addresses", "bcc_addresses")
 
 
 def upgrade() -> None:
-    # On SQLite, batch mode rebuilds the table to change the defaults.
     with op.batch_alter_table("emails") as batch:
         for column in _COLUMNS:
             batch.alter_column(column, server_default=sa.text("'[]'"))
-    _restore_claim_index()
 
 
 def downgrade() -> None:
     with op.batch_alter_table("emails") as batch:
         for column in _COLUMNS:
             batch.alter_column(column, server_default=None)
-    _restore_claim_index()
-
-
-def _restore_claim_index() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        # The rebuild keeps this partial index but drops its DESC; put it back as it was.
-        op.drop_index("ix_emails_pending_claim", table_name="emails")
-        op.create_index(
-            "ix_emails_pending_claim",
-            "emails",
-            [sa.literal_column("priority DESC"), "id"],
-            sqlite_where=sa.text("statuscode = 6"),
-        )
