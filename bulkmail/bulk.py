@@ -12,31 +12,20 @@ its status is one row, however many emails it has.
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import db, errors, expansion, headers, mailboxes, models, outbox, templates, wakeup
+from bulkmail import db, errors, expansion, headers, mailboxes, models, tally, templates, wakeup
 from bulkmail import query as query_language
 from bulkmail.models import OperationStatus
-from bulkmail.status import State, Status
+from bulkmail.status import FailureKind, State, Status
 
 Op = models.BulkOperation
 E = models.Email
 
 MAX_NAME_LENGTH = 200
-COUNTERS = (
-    "matched",
-    "created",
-    "skipped_opted_out",
-    "skipped_no_address",
-    "render_failures",
-    "pending",
-    "sending",
-    "sent",
-    "failed",
-    "canceled",
-)
 _CANCELABLE = (
     OperationStatus.QUEUED.value,
     OperationStatus.EXPANDING.value,
@@ -84,7 +73,6 @@ def send_bulk_mail(
         sender_queue_id=sender.id if isinstance(sender, models.Queue) else None,
         sender_address=sender.email,
         query=query,
-        **dict.fromkeys(("checkpoint", *COUNTERS), 0),
         created_at=now,
         progressed_at=now,
     )
@@ -121,10 +109,11 @@ def list_operations(session: orm.Session, *, limit: int = 100) -> list[models.Bu
 
 
 def cancel(session: orm.Session, operation_id: int) -> models.BulkOperation:
-    """Stop the operation: no new emails, its Pending Send emails Canceled; sends in flight finish.
+    """Stop the operation: no new emails, its Pending Send emails Canceled at once.
 
-    Canceling a canceled operation again cancels emails that came back to Pending Send since
-    (a temporary failure or an expired lease of a send that was in flight).
+    Pollers holding emails of it check before they hand each part of a batch to SMTP and
+    withdraw what they have not handed over (``outbox.withdrawn``); ``settle_cancel`` waits for
+    that. Canceling a canceled operation again cancels whatever came back to Pending Send since.
     """
     now = models.utcnow()
     stopped = session.execute(
@@ -143,11 +132,31 @@ def cancel(session: orm.Session, operation_id: int) -> models.BulkOperation:
     return get(session, operation_id)
 
 
+def settle_cancel(
+    engine: sa.Engine, operation_id: int, *, timeout: float, poll: float = 0.1
+) -> models.BulkOperation:
+    """Wait until no poller holds an email of the canceled operation any more (or ``timeout``
+    seconds pass), then cancel what came back to Pending Send meanwhile.
+
+    Once no email of it is Sending, none that was not with the SMTP server already can reach it:
+    every claim of it has ended, and claims skip canceled operations. The operation is returned
+    with its final counters; ``sending`` is what pollers that did not answer in time still hold.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.session_scope(engine) as session:
+            operation = get(session, operation_id)
+            if operation.sending == 0 or time.monotonic() >= deadline:
+                _cancel_pending(session, operation_id, models.utcnow())
+                return get(session, operation_id)
+        time.sleep(poll)
+
+
 def _cancel_pending(session: orm.Session, operation_id: int, now: dt.datetime) -> None:
     """Cancel the canceled operation's Pending Send emails in one UPDATE."""
     # The operation row is locked already; waiting here for an email that a poller holds (it
-    # will lock the operation next) would deadlock. Such an email is being claimed and goes
-    # out, or it comes back and the reconciler cancels it.
+    # will lock the operation next) would deadlock. Such an email is being claimed, and its
+    # poller withdraws it before SMTP, or it comes back and the reconciler cancels it.
     pending = (
         sa.select(E.id)
         .where(E.bulk_operation_id == operation_id, E.statuscode == int(Status.PENDING_SEND))
@@ -159,9 +168,9 @@ def _cancel_pending(session: orm.Session, operation_id: int, now: dt.datetime) -
         .values(statuscode=int(Status.CANCELED), statecode=int(State.CANCELED), modified_at=now)
         .execution_options(synchronize_session=False)
     )
-    tally = outbox.Tally()
-    tally.move(operation_id, Status.PENDING_SEND, Status.CANCELED, db.rowcount(result))
-    tally.write(session, now=now)
+    counters = tally.Tally()
+    counters.move(operation_id, Status.PENDING_SEND, Status.CANCELED, db.rowcount(result))
+    counters.write(session, now=now)
 
 
 def retry_failed(session: orm.Session, operation_id: int) -> int:
@@ -176,21 +185,19 @@ def retry_failed(session: orm.Session, operation_id: int) -> int:
             f"bulk operation {operation_id} is canceled; send it again with `bulkmail bulk send`"
         )
     now = models.utcnow()
-    tally = outbox.Tally()
+    counters = tally.Tally()
     delivery = session.execute(
         sa.update(E)
         .where(
             E.bulk_operation_id == operation_id,
             E.statuscode == int(Status.FAILED),
-            sa.or_(
-                E.failure_reason.is_(None),
-                ~E.failure_reason.startswith(expansion.RENDER_FAILED, autoescape=True),
-            ),
+            E.failure_kind.is_distinct_from(int(FailureKind.RENDER)),
         )
         .values(
             statuscode=int(Status.PENDING_SEND),
             statecode=int(State.COMPLETED),
             failure_reason=None,
+            failure_kind=None,
             next_attempt_at=None,
             delivery_attempts=0,
             modified_at=now,
@@ -198,11 +205,11 @@ def retry_failed(session: orm.Session, operation_id: int) -> int:
         .execution_options(synchronize_session=False)
     )
     resent = db.rowcount(delivery)
-    tally.move(operation_id, Status.FAILED, Status.PENDING_SEND, resent)
+    counters.move(operation_id, Status.FAILED, Status.PENDING_SEND, resent)
     rendered = 0
     if operation.render_failures:
-        rendered = expansion.rerender_failed(session, operation, tally)
-    tally.write(session, now=now)
+        rendered = expansion.rerender_failed(session, operation, counters)
+    counters.write(session, now=now)
     if resent or rendered:
         wakeup.notify(session)
     if rendered:
@@ -261,7 +268,16 @@ def as_dict(operation: models.BulkOperation) -> dict[str, object]:
         "template_id": operation.template_id,
         "sender": operation.sender_address,
         "query": operation.query,
-        **{counter: getattr(operation, counter) for counter in COUNTERS},
+        "matched": operation.matched,
+        "created": operation.created,
+        "skipped_opted_out": operation.skipped_opted_out,
+        "skipped_no_address": operation.skipped_no_address,
+        "render_failures": operation.render_failures,
+        "pending": operation.pending,
+        "sending": operation.sending,
+        "sent": operation.sent,
+        "failed": operation.failed,
+        "canceled": operation.canceled,
         "checkpoint": operation.checkpoint,
         "created_at": models.isoformat(operation.created_at),
         "started_at": models.isoformat(operation.started_at),

@@ -8,6 +8,11 @@ messages are being sent. The recorder also bounds what a crash can cost: at most
 ``completion_batch`` messages are ever handed to SMTP without their outcome committed, so a
 kill -9 sends at most that many twice (after the lease expires, another poller sends them again).
 
+Right before each part of a batch goes to the server, the poller asks the database which of its
+emails were canceled meanwhile (``outbox.withdrawn``) and hands over only the others; their
+claims end Canceled. So once a cancel has committed and every claim of it has ended, nothing of
+it reaches SMTP any more.
+
 A round never loses what the SMTP server said: when the database is unreachable at the moment
 the outcomes are written, they are written again until it is back (each write is a
 compare-and-set on the claim token, so writing twice changes nothing). A batch is only handed
@@ -30,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc, orm
 
 from bulkmail import compose, errors, mime, outbox, ratelimit, smtp, smtp_protocol
+from bulkmail.status import FailureKind
 
 Item = smtp_protocol.Item[int]
 
@@ -58,12 +64,24 @@ class Round:
     retried: int = 0
     failed: int = 0
     released: int = 0
+    canceled: int = 0  # withdrawn before SMTP, or a temporary failure, after a cancel
     stale: int = 0
 
     @property
     def attempted(self) -> bool:
         """Whether any email got an answer (or a final verdict) in this round."""
-        return bool(self.sent or self.retried or self.failed or self.stale)
+        return bool(self.sent or self.retried or self.failed or self.canceled or self.stale)
+
+    def __add__(self, other: Round) -> Round:
+        return Round(
+            claimed=self.claimed + other.claimed,
+            sent=self.sent + other.sent,
+            retried=self.retried + other.retried,
+            failed=self.failed + other.failed,
+            released=self.released + other.released,
+            canceled=self.canceled + other.canceled,
+            stale=self.stale + other.stale,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,13 +89,6 @@ class _Prepared:
     claimed: dict[int, outbox.Claimed]
     items: list[Item]
     unbuildable: list[outbox.Outcome]
-
-
-_KINDS = {
-    smtp_protocol.OutcomeKind.DELIVERED: "sent",
-    smtp_protocol.OutcomeKind.TEMPORARY: "retry",
-    smtp_protocol.OutcomeKind.PERMANENT: "failed",
-}
 
 
 def summary(error: exc.SQLAlchemyError) -> str:
@@ -112,8 +123,14 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
         try:
             data = mime.build(messages[email.id], cache=cache)
         except errors.InvalidInput as error:
-            reason = f"message cannot be built: {error}"
-            unbuildable.append(outbox.Outcome(claimed=entry, kind="failed", reply=reason))
+            unbuildable.append(
+                outbox.Outcome(
+                    claimed=entry,
+                    kind=smtp_protocol.OutcomeKind.PERMANENT,
+                    reply=f"message cannot be built: {error}",
+                    failure=FailureKind.UNBUILDABLE,
+                )
+            )
             continue
         recipients = (*email.to_addresses, *email.cc_addresses, *email.bcc_addresses)
         items.append(
@@ -158,9 +175,7 @@ def _record_entry(session: orm.Session, entry: _Entry, options: Options) -> Roun
         if result.refused:
             refused = "; ".join(f"{rcpt}: {r.code} {r.text}".strip() for rcpt, r in result.refused)
             reply = f"{reply} (refused {refused})"
-        outcomes.append(
-            outbox.Outcome(claimed=by_id[result.key], kind=_KINDS[result.kind], reply=reply)
-        )
+        outcomes.append(outbox.Outcome(claimed=by_id[result.key], kind=result.kind, reply=reply))
         answered.add(result.key)
     unsent = [(key, claimed.claim_token) for key, claimed in by_id.items() if key not in answered]
     done = outbox.complete(session, outcomes, policy=options.policy)
@@ -169,7 +184,8 @@ def _record_entry(session: orm.Session, entry: _Entry, options: Options) -> Roun
         sent=done.sent,
         retried=done.retried,
         failed=done.failed,
-        released=released,
+        released=released.pending,
+        canceled=done.canceled + released.canceled,
         stale=done.stale,
     )
 
@@ -326,7 +342,13 @@ async def run_round(
         in_flight.update(dict.fromkeys(tokens, claimed_at))
     try:
         return await _send_claimed(
-            sender, options, limiter, prepared, claimed_at, recorder or Recorder(engine, options)
+            engine,
+            sender,
+            options,
+            limiter,
+            prepared,
+            claimed_at,
+            recorder or Recorder(engine, options),
         )
     finally:
         if in_flight is not None:
@@ -335,6 +357,7 @@ async def run_round(
 
 
 async def _send_claimed(
+    engine: sa.Engine,
     sender: smtp.Sender,
     options: Options,
     limiter: ratelimit.RateLimiter | None,
@@ -347,8 +370,15 @@ async def _send_claimed(
     rest = [entry for key, entry in prepared.claimed.items() if key not in sending]
 
     async def deliver(part: list[Item]) -> Round:
-        results = await sender.send_batch(part)
         claimed = [prepared.claimed[item.key] for item in part]
+        try:
+            canceled = await asyncio.to_thread(_withdrawn, engine, claimed)
+        except DATABASE_DOWN as error:
+            # Without the check a cancel could be missed: nothing goes out until it is back.
+            logger.warning("cannot check for cancels (%s); releasing %d", summary(error), len(part))
+            canceled = {item.key for item in part}
+        handed = [item for item in part if item.key not in canceled]
+        results = await sender.send_batch(handed) if handed else []
         return await recorder.record(claimed, [], results, admitted=len(part))
 
     async with asyncio.TaskGroup() as group:
@@ -365,12 +395,9 @@ async def _send_claimed(
                 tasks.append(group.create_task(recorder.record(unsent, [], [])))
                 break
             tasks.append(group.create_task(deliver(part)))
-    done = [task.result() for task in tasks]
-    return Round(
-        claimed=len(prepared.claimed),
-        sent=sum(d.sent for d in done),
-        retried=sum(d.retried for d in done),
-        failed=sum(d.failed for d in done),
-        released=sum(d.released for d in done),
-        stale=sum(d.stale for d in done),
-    )
+    return sum((task.result() for task in tasks), Round(claimed=len(prepared.claimed)))
+
+
+def _withdrawn(engine: sa.Engine, claimed: list[outbox.Claimed]) -> set[int]:
+    with transaction(engine) as session:
+        return outbox.withdrawn(session, claimed)

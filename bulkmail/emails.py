@@ -7,6 +7,7 @@ CR, LF or NUL before anything is stored, so what is stored can always be built i
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import attachments, errors, headers, mailboxes, mime, models, status, wakeup
-from bulkmail.status import Priority, Status
+from bulkmail import attachments, db, errors, headers, mailboxes, mime, models, status, wakeup
+from bulkmail.status import FailureKind, Priority, Status
 
 MAX_SUBJECT_LENGTH = 4_000
 MAX_RECIPIENTS = 500
@@ -151,7 +152,6 @@ def update(
         email.send_after = _send_after(send_after)
     if current is Status.FAILED:
         email.move_to(Status.DRAFT)
-        email.failure_reason = None
     session.flush()
     return email
 
@@ -204,7 +204,6 @@ def send(session: orm.Session, email_id: int, *, issue_send: bool = True) -> mod
     if reason is not None:
         raise errors.PermissionDenied(f"email {email_id} cannot be sent: {reason}")
     email.move_to(target)
-    email.failure_reason = None
     email.next_attempt_at = None
     if issue_send:
         wakeup.notify(session)
@@ -215,10 +214,36 @@ def send(session: orm.Session, email_id: int, *, issue_send: bool = True) -> mod
 
 
 def cancel(session: orm.Session, email_id: int) -> models.Email:
+    """Cancel a Draft or Pending Send email; for one a poller holds (Sending), ask for it.
+
+    The poller withdraws the email unless it has handed it to SMTP already; ``settle_cancel``
+    waits for that answer.
+    """
     email = get(session, email_id, for_update=True)
-    email.move_to(Status.CANCELED)
+    if email.current_status is Status.SENDING:
+        email.cancel_requested_at = models.utcnow()
+    else:
+        email.move_to(Status.CANCELED)
     session.flush()
     return email
+
+
+def settle_cancel(
+    engine: sa.Engine, email_id: int, *, timeout: float, poll: float = 0.1
+) -> models.Email:
+    """Wait until no poller holds the email whose cancel was asked (or ``timeout`` seconds
+    pass): it is then Canceled, or Sent or Failed if the SMTP server had it already."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.session_scope(engine) as session:
+            email = get(session, email_id, for_update=True)
+            if email.current_status is Status.PENDING_SEND:
+                # Back from the poller between two looks: nothing holds it now.
+                email.move_to(Status.CANCELED)
+            if email.current_status is not Status.SENDING or time.monotonic() >= deadline:
+                session.flush()
+                return email
+        time.sleep(poll)
 
 
 def _sender_mailbox(session: orm.Session, email: models.Email) -> mailboxes.Mailbox:
@@ -260,6 +285,9 @@ def as_dict(email: models.Email) -> dict[str, object]:
         "next_attempt_at": models.isoformat(email.next_attempt_at),
         "last_smtp_reply": email.last_smtp_reply,
         "failure_reason": email.failure_reason,
+        "failure_kind": (
+            None if email.failure_kind is None else FailureKind(email.failure_kind).name.lower()
+        ),
         "regarding_contact_id": email.regarding_contact_id,
         "template_id": email.template_id,
         "bulk_operation_id": email.bulk_operation_id,

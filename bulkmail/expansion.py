@@ -20,7 +20,7 @@ Ids at render time. A template may show its email's id and Message-ID, so both e
 renders: Message-IDs are generated here, and ids are taken from the emails' sequence. The rows
 go in with those ids.
 
-Renders that fail become Failed emails whose reason starts with ``RENDER_FAILED``; retrying the
+Renders that fail become Failed emails of failure kind RENDER, with the reason; retrying the
 operation's failures renders those again (``rerender_failed``).
 """
 
@@ -54,14 +54,14 @@ from bulkmail import (
     mailboxes,
     mime,
     models,
-    outbox,
     query,
     rendering,
+    tally,
     templates,
     wakeup,
 )
 from bulkmail.models import OperationStatus
-from bulkmail.status import State, Status
+from bulkmail.status import FailureKind, State, Status
 
 RENDER_FAILED = "render failed: "
 
@@ -93,6 +93,7 @@ _COPY_COLUMNS = {
     "priority": "int2",
     "delivery_attempts": "int4",
     "failure_reason": "text",
+    "failure_kind": "int2",
     "message_id": "varchar",
     "tracking_token": "uuid",
     "created_at": "timestamptz",
@@ -103,6 +104,7 @@ _TUNE = sa.text("SELECT set_config('synchronous_commit', 'off', true)")
 _RERENDER_BATCH = 1_000
 _OPEN = (OperationStatus.QUEUED.value, OperationStatus.EXPANDING.value)
 _EXPANDING = OperationStatus.EXPANDING.value
+_RENDER = int(FailureKind.RENDER)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -523,6 +525,7 @@ def _rows(
         if isinstance(outcome, str):
             counts["render_failures"] += 1
             status, subject, html, text, reason = Status.FAILED, "", None, None, outcome
+            kind: int | None = _RENDER
         else:
             counts["created"] += 1
             status, subject, html, text, reason = (
@@ -532,6 +535,7 @@ def _rows(
                 outcome.text,
                 None,
             )
+            kind = None
         yield (
             email_id,
             int(status.state),
@@ -549,6 +553,7 @@ def _rows(
             1,
             0,
             reason,
+            kind,
             message_id,
             uuid.UUID(int=next(tokens)),
             now,
@@ -601,12 +606,13 @@ def _plain(text: object) -> bool:
 
 
 def rerender_failed(
-    session: orm.Session, operation: models.BulkOperation, tally: outbox.Tally
+    session: orm.Session, operation: models.BulkOperation, counters: tally.Tally
 ) -> int:
     """Render the operation's emails whose rendering failed again, with the template as it is now.
 
     Those that render go back to Pending Send carrying the operation's attachments (their moves
-    are added to ``tally``); the others stay Failed with the new reason. Returns how many went back.
+    are added to ``counters``); the others stay Failed with the new reason. Returns how many
+    went back.
     """
     recipe = _make_recipe(session, operation, message_id_domain=None)
     # An operation expanded before its attachments were its own (migration 0008), or whose
@@ -622,7 +628,7 @@ def rerender_failed(
             .where(
                 E.bulk_operation_id == operation.id,
                 E.statuscode == int(Status.FAILED),
-                E.failure_reason.startswith(RENDER_FAILED, autoescape=True),
+                E.failure_kind == _RENDER,
                 E.id > after,
             )
             .order_by(E.id)
@@ -668,6 +674,7 @@ def rerender_failed(
                     body_html=sa.bindparam("b_html"),
                     body_text=sa.bindparam("b_text"),
                     failure_reason=None,
+                    failure_kind=None,
                     next_attempt_at=None,
                     delivery_attempts=0,
                     modified_at=now,
@@ -677,7 +684,7 @@ def rerender_failed(
             )
             count = db.rowcount(result)
             recovered += count
-            tally.move(operation.id, Status.FAILED, Status.PENDING_SEND, count)
+            counters.move(operation.id, Status.FAILED, Status.PENDING_SEND, count)
             if link_each:
                 attachments.link_template_attachments(
                     session, recipe.template_id, E.id.in_(recovered_ids)

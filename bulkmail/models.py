@@ -167,6 +167,13 @@ class Email(Base):
             sa.column("id"),
             postgresql_where=sa.text(f"statuscode = {PENDING}"),
         ),
+        # The poller's check before it hands a part of a batch to SMTP: only the few emails
+        # whose cancel was asked while a poller held them.
+        sa.Index(
+            "ix_emails_cancel_requested",
+            "id",
+            postgresql_where=sa.text("cancel_requested_at IS NOT NULL"),
+        ),
         # The reaper: leases that may have expired.
         sa.Index(
             "ix_emails_sending_lease",
@@ -227,8 +234,12 @@ class Email(Base):
     claim_token: orm.Mapped[uuid.UUID | None] = orm.mapped_column(sa.Uuid)
     lease_expires_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
     claimed_by: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
+    # Asked while a poller held the email (Sending): it withdraws the claim unless the message
+    # is with the SMTP server already (migration 0010).
+    cancel_requested_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
     last_smtp_reply: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     failure_reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    failure_kind: orm.Mapped[int | None] = orm.mapped_column(sa.SmallInteger)
     message_id: orm.Mapped[str] = orm.mapped_column(sa.String(998), unique=True)
     # Random, so unique by construction; not indexed, as nothing looks it up (migration 0006).
     tracking_token: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.Uuid)
@@ -243,10 +254,13 @@ class Email(Base):
         return status.Status(self.statuscode)
 
     def move_to(self, target: status.Status) -> None:
-        """Apply one move of the status machine, or raise naming both statuses."""
+        """Apply one move of the status machine, or raise naming both statuses; a failure's
+        reason goes with the Failed status."""
         status.check_transition(self.current_status, target)
         self.statuscode = int(target)
         self.statecode = int(target.state)
+        if target is not status.Status.FAILED:
+            self.failure_reason = self.failure_kind = None
 
 
 class Template(Base):

@@ -6,11 +6,12 @@ claim token and commits before any SMTP traffic. Completion is a compare-and-set
 so a worker whose lease expired and was taken over changes nothing. The reaper returns expired
 leases to Pending Send.
 
-The per-status email counters of bulk operations change in the same transactions that move the
-emails (``Tally``): one UPDATE per operation per batch, after the emails' rows, operations in id
-order. Emails first, then operations by id is the lock order wherever emails of bulk operations
-move; the few transactions that lock an operation first (a cancel) take emails only with SKIP
-LOCKED. So none of them waits for another in a circle.
+Cancels reach claimed emails too. An email whose cancel was asked while a poller held it (its
+own request, or its bulk operation's) is never handed to SMTP after the poller's check
+(``withdrawn``), which runs before each part of a batch goes out; a claim that ends without a
+delivery (released, reaped, or a temporary failure) ends Canceled instead of Pending Send.
+
+The counters of bulk operations move in the same transactions as their emails (``tally``).
 """
 
 from __future__ import annotations
@@ -27,86 +28,16 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import db, mailboxes, models
-from bulkmail.status import State, Status
+from bulkmail import db, mailboxes, models, smtp_protocol, tally
+from bulkmail.models import OperationStatus
+from bulkmail.status import FailureKind, State, Status
 
 E = models.Email
 Op = models.BulkOperation
+Kind = smtp_protocol.OutcomeKind
 _PENDING, _SENDING = int(Status.PENDING_SEND), int(Status.SENDING)
-
-# The counter of a bulk operation that holds its emails in each status.
-_COUNTERS: dict[Status, str] = {
-    Status.PENDING_SEND: "pending",
-    Status.SENDING: "sending",
-    Status.SENT: "sent",
-    Status.FAILED: "failed",
-    Status.CANCELED: "canceled",
-}
-_OP_SENDING = models.OperationStatus.SENDING.value
-_OP_COMPLETED = models.OperationStatus.COMPLETED.value
-
-
-class Tally:
-    """Moves of bulk operations' emails between statuses, written to the operations' counters.
-
-    Collect the moves of one transaction, then ``write`` once, after the emails' UPDATEs: an
-    operation whose expansion is done becomes Completed when none of its emails is Pending Send or
-    Sending any more, and Sending again when one is (a retry).
-    """
-
-    def __init__(self) -> None:
-        self._deltas: dict[int, collections.Counter[str]] = {}
-
-    def move(
-        self, operation_id: int | None, source: Status | None, target: Status, count: int = 1
-    ) -> None:
-        """``count`` emails of the operation moved from ``source`` (None: new) to ``target``."""
-        if operation_id is None or count == 0:
-            return
-        delta = self._deltas.setdefault(operation_id, collections.Counter())
-        if source is not None:
-            delta[_COUNTERS[source]] -= count
-        delta[_COUNTERS[target]] += count
-
-    def move_each(
-        self, operation_ids: Iterable[int | None], source: Status | None, target: Status
-    ) -> None:
-        """An email of each listed operation (listed twice: two) moved from source to target."""
-        for operation_id, count in collections.Counter(operation_ids).items():
-            self.move(operation_id, source, target, count)
-
-    def write(self, session: orm.Session, *, now: dt.datetime) -> None:
-        params = [
-            {"t_id": op_id, **{f"d_{name}": delta[name] for name in _COUNTERS.values()}}
-            for op_id, delta in sorted(self._deltas.items())
-            if any(delta.values())
-        ]
-        self._deltas.clear()
-        if not params:
-            return
-        new = {name: getattr(Op, name) + sa.bindparam(f"d_{name}") for name in _COUNTERS.values()}
-        # Two comparisons, not IN: an IN list is an expanding parameter, which executemany
-        # refuses, and this statement runs once per operation of the batch.
-        done_expanding = sa.or_(Op.status == _OP_SENDING, Op.status == _OP_COMPLETED)
-        idle = new["pending"] + new["sending"] == 0
-        stamp = sa.literal(now, models.UTCDateTime)
-        session.connection().execute(
-            sa.update(Op)
-            .where(Op.id == sa.bindparam("t_id"))
-            .values(
-                **new,
-                status=sa.case(
-                    (done_expanding, sa.case((idle, _OP_COMPLETED), else_=_OP_SENDING)),
-                    else_=Op.status,
-                ),
-                completed_at=sa.case(
-                    (done_expanding, sa.case((idle, sa.func.coalesce(Op.completed_at, stamp)))),
-                    else_=Op.completed_at,
-                ),
-            )
-            .execution_options(synchronize_session=False),
-            params,
-        )
+_CANCELED = int(Status.CANCELED)
+_OP_CANCELED = OperationStatus.CANCELED.value
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -169,8 +100,10 @@ class Outcome:
     """What the SMTP server said about one claimed email."""
 
     claimed: Claimed
-    kind: str  # "sent" (2xx), "retry" (4xx or broken connection), "failed" (5xx)
+    kind: smtp_protocol.OutcomeKind
     reply: str
+    # What a permanent outcome records as the failure's kind.
+    failure: FailureKind = FailureKind.REFUSED
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -178,7 +111,16 @@ class Completed:
     sent: int = 0
     retried: int = 0
     failed: int = 0
+    canceled: int = 0  # temporary failures of emails whose cancel was asked meanwhile
     stale: int = 0  # completions whose claim had been taken over: they changed nothing
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Released:
+    """What became of claims that were never handed to SMTP."""
+
+    pending: int = 0  # Pending Send again
+    canceled: int = 0  # their cancel was asked meanwhile
 
 
 def claim(
@@ -217,18 +159,18 @@ def claim(
     blocked = _blocked(session, rows)
     if blocked:
         _fail_blocked(session, token, blocked, now)
-    tally = Tally()
-    tally.move_each(
+    counters = tally.Tally()
+    counters.move_each(
         (row.bulk_operation_id for row in rows if row.id not in blocked),
         Status.PENDING_SEND,
         Status.SENDING,
     )
-    tally.move_each(
+    counters.move_each(
         (row.bulk_operation_id for row in rows if row.id in blocked),
         Status.PENDING_SEND,
         Status.FAILED,
     )
-    tally.write(session, now=now)
+    counters.write(session, now=now)
     return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
 
 
@@ -325,6 +267,7 @@ def _fail_blocked(
             statuscode=int(Status.FAILED),
             statecode=int(State.OPEN),
             failure_reason=sa.bindparam("b_reason"),
+            failure_kind=int(FailureKind.BLOCKED),
             # Never handed to SMTP: this was no delivery attempt.
             delivery_attempts=E.delivery_attempts - 1,
             **_unclaimed(now),
@@ -335,7 +278,57 @@ def _fail_blocked(
 
 
 def _unclaimed(now: dt.datetime) -> dict[str, object]:
-    return {"claim_token": None, "claimed_by": None, "lease_expires_at": None, "modified_at": now}
+    """The values that end a claim, whatever it ended in: a cancel request is answered too."""
+    return {
+        "claim_token": None,
+        "claimed_by": None,
+        "lease_expires_at": None,
+        "cancel_requested_at": None,
+        "modified_at": now,
+    }
+
+
+def _cancel_asked() -> sa.ColumnElement[bool]:
+    """Whether a cancel was asked for the email, or for its bulk operation."""
+    operation_canceled = (
+        sa.select(Op.id).where(Op.id == E.bulk_operation_id, Op.status == _OP_CANCELED).exists()
+    )
+    return sa.or_(E.cancel_requested_at.is_not(None), operation_canceled)
+
+
+def _back_to_pending_unless_canceled() -> dict[str, object]:
+    """A claim that ends without a delivery: Pending Send again, or Canceled if asked."""
+    asked = _cancel_asked()
+    return {
+        "statuscode": sa.case((asked, _CANCELED), else_=_PENDING),
+        "statecode": sa.case((asked, int(State.CANCELED)), else_=int(State.COMPLETED)),
+    }
+
+
+def withdrawn(session: orm.Session, claimed: Sequence[Claimed]) -> set[int]:
+    """The ids of these claimed emails whose cancel was asked: they must not reach SMTP.
+
+    The poller asks right before it hands a part of its batch to the server. Two index
+    lookups: the operations of the part, and the partial index of emails with a request.
+    """
+    operations = {c.email.bulk_operation_id for c in claimed} - {None}
+    ids = "{" + ",".join(str(c.email.id) for c in claimed) + "}"
+    canceled_operations, requested = session.execute(
+        sa.text(
+            "SELECT"
+            " array(SELECT id FROM bulk_operations WHERE status = :canceled"
+            " AND id = ANY(CAST(:operations AS bigint[]))),"
+            " array(SELECT id FROM emails WHERE cancel_requested_at IS NOT NULL"
+            " AND id = ANY(CAST(:ids AS bigint[])))"
+        ),
+        {
+            "canceled": _OP_CANCELED,
+            "operations": "{" + ",".join(map(str, operations)) + "}",
+            "ids": ids,
+        },
+    ).one()
+    stopped = set(canceled_operations)
+    return set(requested) | {c.email.id for c in claimed if c.email.bulk_operation_id in stopped}
 
 
 def complete(
@@ -348,12 +341,10 @@ def complete(
     """Write SMTP outcomes back, each a compare-and-set on its claim token.
 
     A temporary failure is retried later unless the email's attempts (this one included) or
-    lifetime are used up, which fails it for good.
+    lifetime are used up, which fails it for good, or a cancel was asked meanwhile.
     """
     now = now or models.utcnow()
-    # One executemany per outcome and bulk operation: its row count is what that operation's
-    # counters move by, stale completions left out.
-    groups: dict[tuple[Status, int | None], list[dict[str, object]]] = {}
+    groups: dict[Status, list[dict[str, object]]] = {}
     for outcome in outcomes:
         email = outcome.claimed.email
         params: dict[str, object] = {
@@ -361,20 +352,22 @@ def complete(
             "b_token": outcome.claimed.claim_token,
             "b_reply": outcome.reply,
         }
-        if outcome.kind == "sent":
+        if outcome.kind is Kind.DELIVERED:
             target = Status.SENT
-        elif outcome.kind == "retry":
+        elif outcome.kind is Kind.TEMPORARY:
             count = email.delivery_attempts
             if policy.gives_up(count, email.created_at, now):
                 params["b_reason"] = f"gave up after {count} attempts: {outcome.reply}"
+                params["b_kind"] = int(FailureKind.GAVE_UP)
                 target = Status.FAILED
             else:
                 params["b_next"] = policy.next_attempt(count, now)
                 target = Status.PENDING_SEND
         else:
             params["b_reason"] = outcome.reply
+            params["b_kind"] = int(outcome.failure)
             target = Status.FAILED
-        groups.setdefault((target, email.bulk_operation_id), []).append(params)
+        groups.setdefault(target, []).append(params)
     values: dict[Status, dict[str, object]] = {
         Status.SENT: {
             "statuscode": int(Status.SENT),
@@ -383,8 +376,7 @@ def complete(
             "last_smtp_reply": sa.bindparam("b_reply"),
         },
         Status.PENDING_SEND: {
-            "statuscode": _PENDING,
-            "statecode": int(State.COMPLETED),
+            **_back_to_pending_unless_canceled(),
             "next_attempt_at": sa.bindparam("b_next"),
             "last_smtp_reply": sa.bindparam("b_reply"),
         },
@@ -393,30 +385,31 @@ def complete(
             "statecode": int(State.OPEN),
             "last_smtp_reply": sa.bindparam("b_reply"),
             "failure_reason": sa.bindparam("b_reason"),
+            "failure_kind": sa.bindparam("b_kind"),
         },
     }
-    changed: collections.Counter[Status] = collections.Counter()
-    tally = Tally()
-    total = 0
-    for (target, operation_id), params_list in groups.items():
-        count = _update_claimed(session, {**values[target], **_unclaimed(now)}, params_list)
-        changed[target] += count
-        total += len(params_list)
-        tally.move(operation_id, Status.SENDING, target, count)
-    tally.write(session, now=now)
+    counters = tally.Tally()
+    changed: list[tuple[int | None, int]] = []
+    for target, params_list in groups.items():
+        changed += _update_claimed(session, {**values[target], **_unclaimed(now)}, params_list)
+    counters.move_rows(changed, Status.SENDING)
+    counters.write(session, now=now)
+    moved = collections.Counter(Status(code) for _, code in changed)
     return Completed(
-        sent=changed[Status.SENT],
-        retried=changed[Status.PENDING_SEND],
-        failed=changed[Status.FAILED],
-        stale=total - sum(changed.values()),
+        sent=moved[Status.SENT],
+        retried=moved[Status.PENDING_SEND],
+        failed=moved[Status.FAILED],
+        canceled=moved[Status.CANCELED],
+        stale=sum(map(len, groups.values())) - len(changed),
     )
 
 
 def _update_claimed(
     session: orm.Session, values: dict[str, object], params_list: list[dict[str, object]]
-) -> int:
+) -> list[tuple[int | None, int]]:
     """Apply ``values`` to each claimed email of ``params_list`` still holding its token;
-    returns how many did. ``b_*`` bind parameters in ``values`` take each email's own value."""
+    returns the operation and new status code of each that did. ``b_*`` bind parameters in
+    ``values`` take each email's own value."""
     # One statement joined to the batch, passed as one JSON parameter (json.dumps is C; dumping
     # five arrays element by element was a fifth of the completion's CPU time).
     types: dict[str, sa.types.TypeEngine[Any]] = {
@@ -424,6 +417,7 @@ def _update_claimed(
         "b_token": sa.Uuid(),
         "b_reply": sa.Text(),
         "b_reason": sa.Text(),
+        "b_kind": sa.SmallInteger(),
         "b_next": sa.DateTime(timezone=True),
     }
     batch = (
@@ -439,6 +433,7 @@ def _update_claimed(
         sa.update(E)
         .where(E.id == batch.c.b_id, E.claim_token == batch.c.b_token)
         .values(**per_email)
+        .returning(E.bulk_operation_id, E.statuscode)
     )
     # str() writes the tokens (UUIDs) and retry times (aware datetimes) as PostgreSQL reads them;
     # a batch's few tokens once each here, rather than once per email through json's default.
@@ -447,7 +442,8 @@ def _update_claimed(
         token = params["b_token"]
         params["b_token"] = texts.get(token) or texts.setdefault(token, str(token))
     rows = json.dumps(params_list, default=str)
-    return db.rowcount(session.connection().execute(statement, {"b_rows": rows}))
+    result = session.connection().execute(statement, {"b_rows": rows})
+    return [(operation_id, code) for operation_id, code in result]
 
 
 def renew(
@@ -485,28 +481,29 @@ def release(
     claimed: Iterable[tuple[int, uuid.UUID]],
     *,
     now: dt.datetime | None = None,
-) -> int:
-    """Return claimed emails that were never handed to SMTP to Pending Send, uncounted."""
+) -> Released:
+    """End claims that were never handed to SMTP, uncounted as attempts: Pending Send again,
+    or Canceled where a cancel was asked."""
     now = now or models.utcnow()
     pairs = list(claimed)
     if not pairs:
-        return 0
-    operations = session.scalars(
+        return Released()
+    rows = session.execute(
         sa.update(E)
         .where(sa.tuple_(E.id, E.claim_token).in_(pairs))
         .values(
-            statuscode=_PENDING,
-            statecode=int(State.COMPLETED),
+            **_back_to_pending_unless_canceled(),
             delivery_attempts=E.delivery_attempts - 1,
             **_unclaimed(now),
         )
-        .returning(E.bulk_operation_id)
+        .returning(E.bulk_operation_id, E.statuscode)
         .execution_options(synchronize_session=False)
     ).all()
-    tally = Tally()
-    tally.move_each(operations, Status.SENDING, Status.PENDING_SEND)
-    tally.write(session, now=now)
-    return len(operations)
+    counters = tally.Tally()
+    counters.move_rows([(row[0], row[1]) for row in rows], Status.SENDING)
+    counters.write(session, now=now)
+    canceled = sum(1 for row in rows if row[1] == _CANCELED)
+    return Released(pending=len(rows) - canceled, canceled=canceled)
 
 
 def reap(
@@ -515,7 +512,8 @@ def reap(
     policy: RetryPolicy = RetryPolicy(),
     now: dt.datetime | None = None,
 ) -> int:
-    """Return Sending emails whose lease expired to Pending Send (or Failed when out of tries).
+    """End the claims whose lease expired: Pending Send again, Canceled where a cancel was
+    asked, Failed when out of tries.
 
     A row locked right now is skipped: its poller is completing or releasing it.
     Waiting for that lock would stall the reaper, and every expired lease behind it, for as long
@@ -527,10 +525,13 @@ def reap(
         rows = sa.select(E.id).where(E.statuscode == _SENDING, E.lease_expires_at < now, *more)
         return E.id.in_(rows.with_for_update(skip_locked=True).scalar_subquery())
 
-    out_of_tries = sa.or_(
-        E.delivery_attempts >= policy.max_attempts, E.created_at <= now - policy.max_lifetime
+    out_of_tries = sa.and_(
+        sa.or_(
+            E.delivery_attempts >= policy.max_attempts, E.created_at <= now - policy.max_lifetime
+        ),
+        sa.not_(_cancel_asked()),
     )
-    failed = session.scalars(
+    failed = session.execute(
         sa.update(E)
         .where(expired(out_of_tries))
         .values(
@@ -539,20 +540,20 @@ def reap(
             failure_reason=sa.literal("gave up after ")
             + sa.cast(E.delivery_attempts, sa.String)
             + sa.literal(" attempts: the sending worker's lease expired"),
+            failure_kind=int(FailureKind.GAVE_UP),
             **_unclaimed(now),
         )
-        .returning(E.bulk_operation_id)
+        .returning(E.bulk_operation_id, E.statuscode)
         .execution_options(synchronize_session=False)
     ).all()
-    returned = session.scalars(
+    returned = session.execute(
         sa.update(E)
         .where(expired())
-        .values(statuscode=_PENDING, statecode=int(State.COMPLETED), **_unclaimed(now))
-        .returning(E.bulk_operation_id)
+        .values(**_back_to_pending_unless_canceled(), **_unclaimed(now))
+        .returning(E.bulk_operation_id, E.statuscode)
         .execution_options(synchronize_session=False)
     ).all()
-    tally = Tally()
-    tally.move_each(failed, Status.SENDING, Status.FAILED)
-    tally.move_each(returned, Status.SENDING, Status.PENDING_SEND)
-    tally.write(session, now=now)
+    counters = tally.Tally()
+    counters.move_rows([(row[0], row[1]) for row in (*failed, *returned)], Status.SENDING)
+    counters.write(session, now=now)
     return len(failed) + len(returned)

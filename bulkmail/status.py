@@ -67,6 +67,7 @@ TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset(
         (Status.SENDING, Status.SENT),  # 2xx
         (Status.SENDING, Status.PENDING_SEND),  # 4xx, broken connection, lease expired
         (Status.SENDING, Status.FAILED),  # 5xx, attempts or lifetime used up, blocked sender
+        (Status.SENDING, Status.CANCELED),  # a cancel reached the claim before SMTP did
         (Status.DRAFT, Status.CANCELED),
         (Status.PENDING_SEND, Status.CANCELED),
         (Status.FAILED, Status.PENDING_SEND),  # resend
@@ -92,6 +93,16 @@ def check_constraint_sql(state_column: str = "statecode", status_column: str = "
         codes = ", ".join(str(int(s)) for s, st in STATUS_STATE.items() if st is state)
         clauses.append(f"({state_column} = {int(state)} AND {status_column} IN ({codes}))")
     return " OR ".join(clauses)
+
+
+class FailureKind(enum.IntEnum):
+    """Why a Failed email failed; stored beside its reason, which says it in words."""
+
+    RENDER = 1  # its template did not render for the recipient: retrying renders it again
+    REFUSED = 2  # the SMTP server refused it for good (5xx)
+    GAVE_UP = 3  # temporary failures until its attempts or lifetime ran out
+    BLOCKED = 4  # its sender mailbox may not send (approval)
+    UNBUILDABLE = 5  # no valid message could be built from it
 
 
 class ApprovalStatus(enum.IntEnum):

@@ -35,6 +35,15 @@ pass_app = click.make_pass_decorator(App)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
+cancel_wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for pollers holding the emails to withdraw them.",
+)
+
 
 class TextFile(click.ParamType[str]):
     """A UTF-8 text file (or ``-`` for standard input), given to the command as its contents."""

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bulkmail import bulk as operations
 from bulkmail import contacts, models
 from cli import output
-from cli.app import App, json_option, pass_app
+from cli.app import App, cancel_wait_option, json_option, pass_app
 
 LIST_COLUMNS = ["id", "name", "status", "matched", "created", "pending", "sent", "failed"]
 LIST_COLUMNS += ["canceled", "created_at"]
@@ -152,15 +152,24 @@ def list_(app: App, limit: int, as_json: bool) -> None:
 
 @bulk.command()
 @click.argument("operation_id", type=int, metavar="ID")
+@cancel_wait_option
 @pass_app
-def cancel(app: App, operation_id: int) -> None:
-    """No new emails; Pending Send emails become Canceled; sends in flight finish."""
+def cancel(app: App, operation_id: int, wait: float) -> None:
+    """Stop the operation: nothing of it that the SMTP server does not have yet goes out."""
     with app.session() as session:
-        operation = operations.cancel(session, operation_id)
-    click.echo(
+        operations.cancel(session, operation_id)
+    operation = operations.settle_cancel(app.engine, operation_id, timeout=wait)
+    line = (
         f"bulk operation {operation_id} canceled: {operation.canceled} emails canceled, "
-        f"{operation.sending} in flight"
+        f"{operation.sent} accepted by the SMTP server before the cancel, {operation.failed} failed"
     )
+    if operation.sending:
+        line += (
+            f"; {operation.sending} are held by pollers that did not answer within {wait:g} s: "
+            "they end Canceled unless those pollers had handed them to the SMTP server already "
+            f"(`bulkmail bulk status {operation_id}` shows the outcome)"
+        )
+    click.echo(line)
 
 
 @bulk.command(name="retry-failed")

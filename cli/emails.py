@@ -10,7 +10,7 @@ import click
 from bulkmail import compose, emails, sending
 from bulkmail.status import Priority, Status
 from cli import output
-from cli.app import App, TextFile, json_option, pass_app
+from cli.app import App, TextFile, cancel_wait_option, json_option, pass_app
 
 LIST_COLUMNS = ["id", "status", "from", "to", "subject", "delivery_attempts", "created_at"]
 
@@ -196,12 +196,27 @@ def send(app: App, email_id: int) -> None:
 
 @email.command()
 @click.argument("email_id", metavar="ID", type=int)
+@cancel_wait_option
 @pass_app
-def cancel(app: App, email_id: int) -> None:
-    """Cancel a Draft or Pending Send email."""
+def cancel(app: App, email_id: int, wait: float) -> None:
+    """Cancel a Draft or Pending Send email, or one a poller is sending unless SMTP has it."""
     with app.session() as session:
-        canceled = emails.cancel(session, email_id)
-        click.echo(f"email {canceled.id} is {canceled.current_status.label}")
+        emails.cancel(session, email_id)
+    settled = emails.settle_cancel(app.engine, email_id, timeout=wait)
+    current = settled.current_status
+    if current is Status.SENDING:
+        click.echo(
+            f"email {email_id} is held by a poller that did not answer within {wait:g} s; it "
+            "ends Canceled unless that poller had handed it to the SMTP server already "
+            f"(`bulkmail email show {email_id}` shows the outcome)"
+        )
+    elif current is Status.CANCELED:
+        click.echo(f"email {email_id} is Canceled")
+    else:
+        click.echo(
+            f"email {email_id} is {current.label}: the SMTP server had it before the cancel "
+            "reached it"
+        )
 
 
 @email.command(name="send-template")

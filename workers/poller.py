@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
-from sqlalchemy import exc
+from sqlalchemy import exc, orm
 
 from bulkmail import (
     db,
@@ -101,7 +101,7 @@ class Poller:
         self.engine = db.make_engine(
             config.database_url, pool_size=config.rounds + 2, **_session_limits(config)
         )
-        self.totals = {"sent": 0, "retried": 0, "failed": 0}
+        self.total = delivery.Round()
         batch = config.batch
         if config.rate_limit:
             # A batch must go out well within its lease even at the shared rate.
@@ -180,16 +180,16 @@ class Poller:
                 why = f"database unavailable ({delivery.summary(error)})"
                 await self._sleep(backoff.next(why))
                 continue
-            for key in self.totals:
-                self.totals[key] += getattr(done, key)
+            self.total += done
             if done.claimed:
                 logger.info(
-                    "claimed %d: sent %d, retry %d, failed %d, released %d, stale %d",
+                    "claimed %d: sent %d, retry %d, failed %d, released %d, canceled %d, stale %d",
                     done.claimed,
                     done.sent,
                     done.retried,
                     done.failed,
                     done.released,
+                    done.canceled,
                     done.stale,
                 )
             if done.claimed and not done.attempted:
@@ -233,9 +233,15 @@ class Poller:
         # third of a lease still keep well ahead of the reaper.
         due = [token for token, at in renewed.items() if now - at >= self._renew_after()]
         with delivery.transaction(self.engine) as session:
-            heartbeats.beat(session, self.identity, **self.totals)
+            self._beat_totals(session)
             outbox.renew(session, due, lease=self.config.lease)
         self._renewed = {**renewed, **dict.fromkeys(due, now)}
+
+    def _beat_totals(self, session: orm.Session) -> None:
+        total = self.total
+        heartbeats.beat(
+            session, self.identity, sent=total.sent, retried=total.retried, failed=total.failed
+        )
 
     def _renew_after(self) -> float:
         return self.config.lease.total_seconds() / 6
@@ -252,7 +258,7 @@ class Poller:
     async def _final_beat(self) -> None:
         def final() -> None:
             with delivery.transaction(self.engine) as session:
-                heartbeats.beat(session, self.identity, **self.totals)
+                self._beat_totals(session)
                 heartbeats.stopped(session, self.identity.id)
 
         with contextlib.suppress(exc.SQLAlchemyError):

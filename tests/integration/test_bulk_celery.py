@@ -22,10 +22,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from bulkmail import db, models, settings
+from bulkmail import bulk, db, models, settings
 from bulkmail.models import OperationStatus
+from tests import bulkops as scenario
 from tests import services
-from tests.integration import test_bulk as scenario
 from workers import celery_app
 
 BIN = Path(sys.executable).parent
@@ -224,7 +224,7 @@ def test_the_same_message_delivered_twice_at_once_writes_each_recipient_once(
     engine: sa.Engine, start_worker: StartWorker, pg_url: str, broker: str
 ) -> None:
     with db.session_scope(engine) as session:
-        operation_id = scenario.bulk.send_bulk_mail(
+        operation_id = bulk.send_bulk_mail(
             session,
             template_name="news",
             sender_address=scenario.SENDER,

@@ -29,7 +29,7 @@ from bulkmail import (
     smtp,
     smtp_protocol,
 )
-from bulkmail.status import ApprovalStatus, State, Status
+from bulkmail.status import ApprovalStatus, FailureKind, State, Status
 from tests import mailserver, services
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -248,6 +248,7 @@ def test_a_message_that_cannot_be_built_fails_alone_with_the_reason(engine: sa.E
         "message cannot be built: Subject contains a CR character, which could inject a "
         "header; remove line breaks and NUL bytes"
     )
+    assert bad.failure_kind == FailureKind.UNBUILDABLE
     assert {row.current_status for row in rows.values()} == {Status.SENT}
     assert set(ledger.received()) == {row.message_id for row in rows.values()}
     assert not any(b"victim" in d.data for d in ledger.deliveries())

@@ -9,11 +9,16 @@ from collections import Counter
 
 import sqlalchemy as sa
 
-from bulkmail import db, mailboxes, models, organization, outbox
-from bulkmail.status import Status
+from bulkmail import db, mailboxes, models, organization, outbox, smtp_protocol
+from bulkmail.status import FailureKind, Status
 from tests import mailserver
 
 LEASE = dt.timedelta(minutes=5)
+SENT, RETRY, REFUSED = (
+    smtp_protocol.OutcomeKind.DELIVERED,
+    smtp_protocol.OutcomeKind.TEMPORARY,
+    smtp_protocol.OutcomeKind.PERMANENT,
+)
 
 
 def _sender(engine: sa.Engine) -> int:
@@ -83,6 +88,7 @@ def test_unapproved_sender_fails_at_claim_and_never_is_returned(engine: sa.Engin
         assert row.current_status is Status.FAILED
         assert row.failure_reason is not None
         assert row.failure_reason.startswith("sender mailbox not approved")
+        assert row.failure_kind == FailureKind.BLOCKED
         assert row.delivery_attempts == 0
         assert row.claim_token is None
 
@@ -96,9 +102,9 @@ def test_complete_writes_each_outcome(engine: sa.Engine) -> None:
         done = outbox.complete(
             session,
             [
-                outbox.Outcome(claimed=claimed[sent], kind="sent", reply="250 2.0.0 queued as A1"),
-                outbox.Outcome(claimed=claimed[retry], kind="retry", reply="451 4.3.0 try later"),
-                outbox.Outcome(claimed=claimed[failed], kind="failed", reply="550 5.1.1"),
+                outbox.Outcome(claimed=claimed[sent], kind=SENT, reply="250 2.0.0 queued as A1"),
+                outbox.Outcome(claimed=claimed[retry], kind=RETRY, reply="451 4.3.0 try later"),
+                outbox.Outcome(claimed=claimed[failed], kind=REFUSED, reply="550 5.1.1"),
             ],
             now=now,
         )
@@ -116,10 +122,11 @@ def test_complete_writes_each_outcome(engine: sa.Engine) -> None:
     assert row.delivery_attempts == 1
     assert row.last_smtp_reply == "451 4.3.0 try later"
     row = _email(engine, failed)
-    assert (row.current_status, row.statecode, row.failure_reason) == (
+    assert (row.current_status, row.statecode, row.failure_reason, row.failure_kind) == (
         Status.FAILED,
         0,
         "550 5.1.1",
+        FailureKind.REFUSED,
     )
 
 
@@ -140,18 +147,19 @@ def test_retry_gives_up_after_max_attempts_and_lifetime(engine: sa.Engine) -> No
         with db.session_scope(engine) as session:
             outbox.complete(
                 session,
-                [outbox.Outcome(claimed=claimed, kind="retry", reply="421 4.4.2 bye")],
+                [outbox.Outcome(claimed=claimed, kind=RETRY, reply="421 4.4.2 bye")],
                 policy=policy,
             )
     row = _email(engine, email_id)
     assert row.current_status is Status.FAILED
     assert row.failure_reason == "gave up after 2 attempts: 421 4.4.2 bye"
+    assert row.failure_kind == FailureKind.GAVE_UP
 
     old = models.utcnow() - dt.timedelta(days=6)
     (aged,) = mailserver.insert_pending(engine, sender, 1, created_at=old)
     (claimed,) = _claim(engine)
     with db.session_scope(engine) as session:
-        outbox.complete(session, [outbox.Outcome(claimed=claimed, kind="retry", reply="450")])
+        outbox.complete(session, [outbox.Outcome(claimed=claimed, kind=RETRY, reply="450")])
     assert _email(engine, aged).failure_reason == "gave up after 1 attempts: 450"
 
 
@@ -164,7 +172,7 @@ def test_stale_completion_changes_nothing(engine: sa.Engine) -> None:
         assert outbox.reap(session, now=later) == 1
     (fresh,) = _claim(engine, worker="fast", now=later)
     with db.session_scope(engine) as session:
-        done = outbox.complete(session, [outbox.Outcome(claimed=stale, kind="failed", reply="554")])
+        done = outbox.complete(session, [outbox.Outcome(claimed=stale, kind=REFUSED, reply="554")])
     assert done == outbox.Completed(stale=1)
     row = _email(engine, email_id)
     assert (row.current_status, row.claimed_by, row.delivery_attempts) == (
@@ -173,7 +181,7 @@ def test_stale_completion_changes_nothing(engine: sa.Engine) -> None:
         2,
     )
     with db.session_scope(engine) as session:
-        outbox.complete(session, [outbox.Outcome(claimed=fresh, kind="sent", reply="250 ok")])
+        outbox.complete(session, [outbox.Outcome(claimed=fresh, kind=SENT, reply="250 ok")])
     assert _email(engine, email_id).current_status is Status.SENT
 
 
@@ -183,8 +191,8 @@ def test_release_returns_unsent_claims_uncounted(engine: sa.Engine) -> None:
     claimed = _claim(engine)
     with db.session_scope(engine) as session:
         released = outbox.release(session, [(c.email.id, c.claim_token) for c in claimed[1:]])
-        assert outbox.release(session, [(ids[0], uuid.uuid4())]) == 0
-    assert released == 2
+        assert outbox.release(session, [(ids[0], uuid.uuid4())]) == outbox.Released()
+    assert released == outbox.Released(pending=2)
     for email_id in ids[1:]:
         row = _email(engine, email_id)
         assert (row.current_status, row.delivery_attempts, row.claim_token) == (

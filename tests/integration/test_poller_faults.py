@@ -15,10 +15,8 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -27,10 +25,9 @@ from sqlalchemy import exc
 
 from bulkmail import db, models, outbox, wakeup
 from bulkmail.status import Status
-from tests import conftest, mailserver, services
+from tests import conftest, mailserver, pollers, services
 from workers import poller as poller_process
 
-BULKMAIL = Path(sys.executable).with_name("bulkmail")
 BATCH = 50
 COMPLETION_BATCH = 20  # the most a kill -9 may send twice
 LEASE = 2.0
@@ -42,32 +39,7 @@ FAST = [
 ]
 
 
-class Poller:
-    """A ``bulkmail worker poller`` subprocess and its log."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.process = process
-        self.log_path = log
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, number: signal.Signals) -> None:
-        self.process.send_signal(number)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the poller did not exit within {timeout} s:\n{self.log()[-3000:]}")
-
-    def stop(self) -> int:
-        """SIGTERM, then its exit code (it must exit within the grace period and a little)."""
-        self.signal(signal.SIGTERM)
-        return self.wait(GRACE + 5)
-
-
-StartPoller = Callable[..., Poller]
+StartPoller = Callable[..., pollers.Poller]
 
 
 @pytest.fixture
@@ -75,47 +47,6 @@ def engine(pg_url: str) -> Iterator[sa.Engine]:
     engine = db.make_engine(pg_url)
     yield engine
     engine.dispose()
-
-
-@pytest.fixture
-def start_poller(pg_url: str, tmp_path: Path) -> Iterator[StartPoller]:
-    if not BULKMAIL.exists():
-        pytest.fail(f"{BULKMAIL} is missing; install the project with `make test`")
-    started: list[Poller] = []
-
-    def start(smtp_url: str, *args: str, **env: str) -> Poller:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
-        environment |= {"BULKMAIL_DATABASE_URL": pg_url, "BULKMAIL_SMTP_URL": smtp_url, **env}
-        log = tmp_path / f"poller-{len(started)}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [str(BULKMAIL), "worker", "poller", *args],
-                env=environment,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        poller = Poller(process, log)
-        started.append(poller)
-        return poller
-
-    yield start
-    for poller in started:
-        if poller.process.poll() is None:
-            poller.signal(signal.SIGCONT)
-            poller.process.kill()
-            poller.process.wait()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, *pollers: Poller) -> None:
-    """Wait for ``condition``; fail at the deadline, or as soon as one of ``pollers`` exits."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        exited = [p for p in pollers if p.process.poll() is not None]
-        if exited or time.monotonic() > deadline:
-            why = "a poller exited" if exited else f"not within {timeout} s"
-            logs = "\n".join(f"--- poller {p.process.pid}:\n{p.log()[-3000:]}" for p in pollers)
-            pytest.fail(f"{what}: {why}\n{logs}")
-        time.sleep(0.05)
 
 
 def count(engine: sa.Engine, status: Status) -> int:
@@ -148,7 +79,7 @@ def test_kill_9_mid_batch_loses_nothing_and_duplicates_only_what_was_in_flight(
     with mailserver.serving(ledger) as port:
         url = f"smtp://127.0.0.1:{port}"
         first = start_poller(url, *FAST)
-        wait_until(
+        pollers.wait_until(
             lambda: ledger.count() >= 600 and count(engine, Status.SENDING) > 0,
             30,
             "the first poller sends",
@@ -160,8 +91,8 @@ def test_kill_9_mid_batch_loses_nothing_and_duplicates_only_what_was_in_flight(
         assert claimed_when_killed, "the kill landed between batches; nothing was at stake"
 
         second = start_poller(url, *FAST)
-        wait_until(lambda: count(engine, Status.SENT) == 3000, 30, "all sent", second)
-        assert second.stop() == 0
+        pollers.wait_until(lambda: count(engine, Status.SENT) == 3000, 30, "all sent", second)
+        assert second.stop(GRACE) == 0
 
     received = ledger.received()
     assert set(received) == message_ids(engine)
@@ -190,14 +121,14 @@ def test_a_poller_stopped_past_its_lease_changes_nothing_when_it_resumes(
         assert claimed_when_stopped
 
         second = start_poller(url, *FAST)
-        wait_until(lambda: count(engine, Status.SENT) == 1000, 30, "all sent", second)
+        pollers.wait_until(lambda: count(engine, Status.SENT) == 1000, 30, "all sent", second)
         resumed = time.monotonic()
         first.signal(signal.SIGCONT)
         ledger.release()
-        stale = re.compile(r"sent 0, retry 0, failed 0, released 0, stale [1-9]")
-        wait_until(lambda: bool(stale.search(first.log())), 20, "a stale completion", first)
-        assert first.stop() == 0
-        assert second.stop() == 0
+        stale = re.compile(r"sent 0, retry 0, failed 0, released 0, canceled 0, stale [1-9]")
+        pollers.wait_until(lambda: bool(stale.search(first.log())), 20, "a stale completion", first)
+        assert first.stop(GRACE) == 0
+        assert second.stop(GRACE) == 0
 
     rows = mailserver.emails(engine)
     assert {row.current_status for row in rows} == {Status.SENT}
@@ -224,7 +155,7 @@ def test_sigterm_finishes_the_rounds_in_flight_and_exits_0_within_the_grace_peri
     with mailserver.serving(ledger) as port:
         url = f"smtp://127.0.0.1:{port}"
         poller = start_poller(url, *FAST)
-        wait_until(lambda: ledger.count() >= 300, 30, "sending", poller)
+        pollers.wait_until(lambda: ledger.count() >= 300, 30, "sending", poller)
         poller.signal(signal.SIGTERM)
         signalled = time.monotonic()
         assert poller.wait(GRACE + 5) == 0, poller.log()
@@ -253,7 +184,7 @@ def test_sigterm_with_a_stuck_server_exits_0_when_the_grace_period_ends(
     with mailserver.serving(ledger) as port:
         url = f"smtp://127.0.0.1:{port}"
         poller = start_poller(url, *FAST, "--grace", "1", "--lease", "30")
-        wait_until(lambda: ledger.count() >= 199, 30, "the healthy share sent", poller)
+        pollers.wait_until(lambda: ledger.count() >= 199, 30, "the healthy share sent", poller)
         poller.signal(signal.SIGTERM)
         signalled = time.monotonic()
         assert poller.wait(10) == 0, poller.log()
@@ -276,15 +207,15 @@ def test_an_smtp_server_that_is_down_is_waited_for_without_spinning(
     ids = mailserver.insert_pending(engine, sender, 100)
     port = mailserver.free_port()
     poller = start_poller(f"smtp://127.0.0.1:{port}", *FAST)
-    wait_until(lambda: "no email could be sent" in poller.log(), 15, "a backoff", poller)
+    pollers.wait_until(lambda: "no email could be sent" in poller.log(), 15, "a backoff", poller)
     time.sleep(2)
     # Two rounds in flight, each waiting 1 s, then 2 s: a handful of tries, not hundreds.
     assert poller.log().count("no email could be sent") <= 6
     assert count(engine, Status.PENDING_SEND) == 100
     ledger = mailserver.Ledger()
     with mailserver.serving(ledger, port=port):
-        wait_until(lambda: count(engine, Status.SENT) == 100, 30, "all sent", poller)
-        assert poller.stop() == 0
+        pollers.wait_until(lambda: count(engine, Status.SENT) == 100, 30, "all sent", poller)
+        assert poller.stop(GRACE) == 0
     assert {row.delivery_attempts for row in mailserver.emails(engine, ids)} == {1}
     assert sorted(ledger.received().values()) == [1] * 100
 
@@ -350,8 +281,8 @@ def test_temporary_failures_are_retried_until_the_attempts_run_out(
             BULKMAIL_RETRY_FIRST_SECONDS="0.05",
             BULKMAIL_MAX_ATTEMPTS="3",
         )
-        wait_until(lambda: count(engine, Status.FAILED) == 50, 20, "all failed", poller)
-        assert poller.stop() == 0
+        pollers.wait_until(lambda: count(engine, Status.FAILED) == 50, 20, "all failed", poller)
+        assert poller.stop(GRACE) == 0
     for row in mailserver.emails(engine, ids):
         assert row.delivery_attempts == 3
         assert row.failure_reason == "gave up after 3 attempts: 450 4.3.0 Error: command failed"
@@ -392,15 +323,15 @@ def test_a_notify_wakes_an_idle_poller_long_before_its_next_poll(
     ledger = mailserver.Ledger()
     with mailserver.serving(ledger) as port:
         poller = start_poller(f"smtp://127.0.0.1:{port}", *FAST, "--poll-interval", "60")
-        wait_until(lambda: bool(heartbeat_totals(engine)), 15, "the poller is up", poller)
+        pollers.wait_until(lambda: bool(heartbeat_totals(engine)), 15, "the poller is up", poller)
         time.sleep(0.5)  # past its first look at the outbox: now it waits
         mailserver.insert_pending(engine, sender, 20)
         with db.session_scope(engine) as session:
             wakeup.notify(session)
         woken = time.monotonic()
-        wait_until(lambda: count(engine, Status.SENT) == 20, 10, "all sent", poller)
+        pollers.wait_until(lambda: count(engine, Status.SENT) == 20, 10, "all sent", poller)
         assert time.monotonic() - woken < 5
-        assert poller.stop() == 0
+        assert poller.stop(GRACE) == 0
     assert len(ledger.received()) == 20
 
 
@@ -455,20 +386,20 @@ def test_pollers_ride_out_a_postgresql_crash_and_restart(
     with mailserver.serving(ledger) as port:
         url = f"smtp://127.0.0.1:{port}"
         # Leases outlast the outage: claims must survive it, not be taken over.
-        pollers = [start_poller(url, *FAST, "--lease", "8") for _ in range(2)]
-        wait_until(lambda: ledger.count() >= 500, 30, "sending", *pollers)
+        running = [start_poller(url, *FAST, "--lease", "8") for _ in range(2)]
+        pollers.wait_until(lambda: ledger.count() >= 500, 30, "sending", *running)
         try:
             subprocess.run([*ctl, "stop", "-m", "immediate"], check=True, capture_output=True)
             time.sleep(1)  # long enough for every poller to meet the outage
         finally:
             subprocess.run([*ctl, "start"], check=False, capture_output=True)
             assert _postgres_up(60), "PostgreSQL did not come back up"
-        wait_until(lambda: count(engine, Status.SENT) == 3000, 60, "all sent", *pollers)
-        for poller in pollers:
+        pollers.wait_until(lambda: count(engine, Status.SENT) == 3000, 60, "all sent", *running)
+        for poller in running:
             log = poller.log()
             assert "database unavailable" in log or "cannot record the outcomes" in log, log
-        assert [p.process.poll() for p in pollers] == [None, None], "a poller exited"
-        assert [p.stop() for p in pollers] == [0, 0]
+        assert [p.process.poll() for p in running] == [None, None], "a poller exited"
+        assert [p.stop(GRACE) for p in running] == [0, 0]
 
     received = ledger.received()
     assert set(received) == message_ids(engine)
@@ -483,15 +414,15 @@ def test_two_pollers_at_once_never_send_an_email_twice(
     ledger = mailserver.Ledger(delay=0.001)
     with mailserver.serving(ledger) as port:
         url = f"smtp://127.0.0.1:{port}"
-        pollers = [start_poller(url, *FAST, "--exit-when-idle") for _ in range(2)]
-        assert [p.wait(60) for p in pollers] == [0, 0]
+        running = [start_poller(url, *FAST, "--exit-when-idle") for _ in range(2)]
+        assert [p.wait(60) for p in running] == [0, 0]
 
     assert mailserver.statuses(engine) == {Status.SENT: 3000}
     received = ledger.received()
     assert set(received) == message_ids(engine)
     assert set(received.values()) == {1}
     totals = heartbeat_totals(engine)
-    assert sorted(totals) == sorted(p.process.pid for p in pollers)
+    assert sorted(totals) == sorted(p.process.pid for p in running)
     assert sum(totals.values()) == 3000
     assert all(totals.values()), f"one poller sent nothing: {totals}"
 

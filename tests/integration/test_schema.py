@@ -9,6 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from bulkmail import db, migrate, models
+from bulkmail.status import FailureKind
 
 
 def test_migrations_and_models_agree(engine: sa.Engine) -> None:
@@ -139,3 +140,31 @@ def test_email_bodies_are_stored_with_lz4(pg_url: str) -> None:
     engine.dispose()
     assert [tuple(row) for row in methods] == [("body_html", "l"), ("body_text", "l")]
     assert tuple(stored) == ("lz4", body)
+
+
+def test_migration_0010_gives_stored_failures_their_kind(engine: sa.Engine) -> None:
+    migrate.downgrade(engine, "0009")
+    reasons = {
+        "render failed: html template line 1: boom": FailureKind.RENDER,
+        "gave up after 10 attempts: 451 4.3.0 later": FailureKind.GAVE_UP,
+        "sender mailbox not approved: news@example.org is Rejected": FailureKind.BLOCKED,
+        "message cannot be built: the subject holds a NUL": FailureKind.UNBUILDABLE,
+        "550 5.1.1 no such user": FailureKind.REFUSED,
+    }
+    with engine.begin() as connection:
+        for number, reason in enumerate(reasons):
+            connection.execute(
+                sa.text(
+                    "INSERT INTO emails (statecode, statuscode, direction, from_address,"
+                    " to_addresses, subject, priority, delivery_attempts, failure_reason,"
+                    " message_id, tracking_token, created_at, modified_at)"
+                    " VALUES (0, 8, 1, 'a@example.org', '[]', 's', 1, 1, :reason, :mid,"
+                    " gen_random_uuid(), now(), now())"
+                ),
+                {"reason": reason, "mid": f"m{number}@example.org"},
+            )
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT failure_reason, failure_kind FROM emails"))
+        kinds = {row.failure_reason: row.failure_kind for row in rows}
+    assert kinds == {reason: int(kind) for reason, kind in reasons.items()}

@@ -12,6 +12,7 @@ ALLOWED = {
     (Status.SENDING, Status.SENT),
     (Status.SENDING, Status.PENDING_SEND),
     (Status.SENDING, Status.FAILED),
+    (Status.SENDING, Status.CANCELED),  # a cancel that reached the claim before SMTP did
     (Status.DRAFT, Status.CANCELED),
     (Status.PENDING_SEND, Status.CANCELED),
     (Status.FAILED, Status.PENDING_SEND),

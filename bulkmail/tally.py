@@ -1,0 +1,105 @@
+"""The per-status email counters of bulk operations, moved in the transactions that move emails.
+
+Reading an operation's progress is then one row, however many emails it has. Collect the moves
+of one transaction in a ``Tally``, then ``write`` once, after the emails' UPDATEs: one UPDATE per
+operation, operations in id order. Emails first, then operations by id is the lock order
+wherever emails of bulk operations move; the few transactions that lock an operation first (a
+cancel) take emails only with SKIP LOCKED. So none of them waits for another in a circle.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from bulkmail import models
+from bulkmail.models import OperationStatus
+from bulkmail.status import Status
+
+Op = models.BulkOperation
+
+# The counter that holds an operation's emails in each status an email of it can be in.
+COLUMNS: dict[Status, orm.InstrumentedAttribute[int]] = {
+    Status.PENDING_SEND: Op.pending,
+    Status.SENDING: Op.sending,
+    Status.SENT: Op.sent,
+    Status.FAILED: Op.failed,
+    Status.CANCELED: Op.canceled,
+}
+_SENDING = OperationStatus.SENDING.value
+_COMPLETED = OperationStatus.COMPLETED.value
+
+
+class Tally:
+    """Moves of bulk operations' emails between statuses, to be written to their counters.
+
+    An operation whose expansion is done becomes Completed when none of its emails is Pending
+    Send or Sending any more, and Sending again when one is (a retry).
+    """
+
+    def __init__(self) -> None:
+        self._deltas: dict[int, collections.Counter[Status]] = {}
+
+    def move(
+        self, operation_id: int | None, source: Status | None, target: Status, count: int = 1
+    ) -> None:
+        """``count`` emails of the operation moved from ``source`` (None: new) to ``target``."""
+        if operation_id is None or count == 0:
+            return
+        delta = self._deltas.setdefault(operation_id, collections.Counter())
+        if source is not None:
+            delta[source] -= count
+        delta[target] += count
+
+    def move_each(
+        self, operation_ids: Iterable[int | None], source: Status | None, target: Status
+    ) -> None:
+        """An email of each listed operation (listed twice: two) moved from source to target."""
+        for operation_id, count in collections.Counter(operation_ids).items():
+            self.move(operation_id, source, target, count)
+
+    def move_rows(self, rows: Iterable[tuple[int | None, int]], source: Status) -> None:
+        """Emails moved from ``source``, each given as (operation id, new status code): what an
+        UPDATE ... RETURNING bulk_operation_id, statuscode says when the target varies by row."""
+        for (operation_id, code), count in collections.Counter(rows).items():
+            self.move(operation_id, source, Status(code), count)
+
+    def write(self, session: orm.Session, *, now: dt.datetime) -> None:
+        params = [
+            {"t_id": op_id, **{f"d_{int(s)}": delta[s] for s in COLUMNS}}
+            for op_id, delta in sorted(self._deltas.items())
+            if any(delta.values())
+        ]
+        self._deltas.clear()
+        if not params:
+            return
+        new = {
+            column.key: column + sa.bindparam(f"d_{int(s)}", type_=sa.BigInteger())
+            for s, column in COLUMNS.items()
+        }
+        # Two comparisons, not IN: an IN list is an expanding parameter, which executemany
+        # refuses, and this statement runs once per operation of the batch.
+        done_expanding = sa.or_(Op.status == _SENDING, Op.status == _COMPLETED)
+        idle = new[Op.pending.key] + new[Op.sending.key] == 0
+        stamp = sa.literal(now, models.UTCDateTime)
+        session.connection().execute(
+            sa.update(Op)
+            .where(Op.id == sa.bindparam("t_id"))
+            .values(
+                **new,
+                status=sa.case(
+                    (done_expanding, sa.case((idle, _COMPLETED), else_=_SENDING)),
+                    else_=Op.status,
+                ),
+                completed_at=sa.case(
+                    (done_expanding, sa.case((idle, sa.func.coalesce(Op.completed_at, stamp)))),
+                    else_=Op.completed_at,
+                ),
+            )
+            .execution_options(synchronize_session=False),
+            params,
+        )
