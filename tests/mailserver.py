@@ -91,6 +91,11 @@ class Ledger:
     def release(self) -> None:
         self._released.set()
 
+    def forget(self) -> None:
+        """Start a new ledger: what was accepted so far is not counted any more."""
+        with self._lock:
+            self._deliveries.clear()
+
     def count(self) -> int:
         with self._lock:
             return len(self._deliveries)
