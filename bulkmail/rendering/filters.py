@@ -34,11 +34,12 @@ def _inputs_size(cap: int, *args: object, **kwargs: object) -> int:
 
 # Filters that do not turn their input into text and cannot make it larger.
 _PLAIN_FILTERS: Final = (
-    "abs", "count", "d", "default", "dictsort", "filesizeformat", "first", "float", "groupby",
-    "int", "items", "last", "length", "list", "map", "max", "min", "reject", "rejectattr",
-    "reverse", "round", "select", "selectattr", "sort", "unique",
+    "abs", "count", "dictsort", "filesizeformat", "first", "float", "groupby", "int", "items",
+    "last", "length", "list", "map", "max", "min", "reject", "rejectattr", "reverse", "round",
+    "select", "selectattr", "sort", "unique",
 )  # fmt: skip
-# Filters that make text from their input, at most a few times its size.
+# Filters that make text from their input, at most a few times its size. Like printing, they take
+# an empty field (None) as empty text.
 _TEXT_FILTERS: Final = (
     "capitalize", "e", "escape", "forceescape", "lower", "safe", "string", "striptags", "title",
     "trim", "truncate", "upper", "urlencode", "wordcount", "xmlattr",
@@ -108,10 +109,19 @@ def _join(
     attribute: str | int | None = None,
 ) -> str:
     items = list(value)  # a one-shot iterator has to be counted before it is joined
+    if attribute is None:
+        items = ["" if item is None else item for item in items]  # empty fields, as printed
     guard = _ACTIVE.get()
     cap = guard.max_chars
     guard.check_size(budget.text_size(items, cap) + budget.text_size(d, cap) * len(items), "|join")
     return jinja2.filters.sync_do_join(eval_ctx, items, d, attribute)
+
+
+def _default(value: object, default_value: object = "", boolean: bool = False) -> object:
+    # An empty field (None) gets the default too, like an attribute the contact lacks.
+    if value is None:
+        return default_value
+    return jinja2.filters.do_default(value, default_value, boolean)
 
 
 @jinja2.pass_environment
@@ -137,15 +147,20 @@ def _tojson(eval_ctx: nodes.EvalContext, value: object) -> str:
 
 
 def _guarded_filter(
-    name: str, func: Callable[..., Any], estimate: Callable[..., int] | None
+    name: str, func: Callable[..., Any], estimate: Callable[..., int] | None, *, text: bool = False
 ) -> Callable[..., Any]:
     operation = f"|{name}"
+    # Where a text filter finds its value, after the environment or context that Jinja's marker
+    # says it takes first: an empty field (None) becomes the empty text that it prints as.
+    at = (1 if hasattr(func, "jinja_pass_arg") else 0) if text else -1
 
     # wraps() also copies Jinja's marker for filters that take the environment or context first.
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         guard = _ACTIVE.get()
         guard.tick()
+        if at >= 0 and args[at] is None:
+            args = (*args[:at], "", *args[at + 1 :])
         if estimate is not None:
             guard.check_size(estimate(guard.max_chars, *args, **kwargs), operation)
         result = func(*args, **kwargs)
@@ -159,16 +174,28 @@ def allowed() -> dict[str, Callable[..., Any]]:
     """The filters of the sandbox, by name."""
     builtin = jinja2.filters.FILTERS
     table = {name: _guarded_filter(name, builtin[name], None) for name in _PLAIN_FILTERS}
-    table |= {name: _guarded_filter(name, builtin[name], _inputs_size) for name in _TEXT_FILTERS}
-    sized: dict[str, Callable[..., int]] = {
-        "batch": _batch_size,
+    table |= {
+        name: _guarded_filter(name, builtin[name], _inputs_size, text=True)
+        for name in _TEXT_FILTERS
+    }
+    sized_text: dict[str, Callable[..., int]] = {
         "center": _center_size,
-        "format": _format_size,
         "indent": _indent_size,
         "replace": _replace_size,
         "wordwrap": _wordwrap_size,
     }
+    table |= {
+        name: _guarded_filter(name, builtin[name], size, text=True)
+        for name, size in sized_text.items()
+    }
+    sized: dict[str, Callable[..., int]] = {"batch": _batch_size, "format": _format_size}
     table |= {name: _guarded_filter(name, builtin[name], size) for name, size in sized.items()}
-    own: dict[str, Callable[..., Any]] = {"join": _join, "sum": _sum, "tojson": _tojson}
+    own: dict[str, Callable[..., Any]] = {
+        "d": _default,
+        "default": _default,
+        "join": _join,
+        "sum": _sum,
+        "tojson": _tojson,
+    }
     table |= {name: _guarded_filter(name, func, None) for name, func in own.items()}
     return table

@@ -24,12 +24,19 @@ _ACTIVE: Final = budget.ACTIVE
 
 
 def finalize(value: object) -> object:
-    """Count every printed value, also those printed into macro and block buffers."""
+    """Count every printed value, also those printed into macro and block buffers.
+
+    An empty field (None) prints as empty text, not as the word None, in every part.
+    """
+    # First, so that it raises outside a render: that keeps Jinja from folding printed constants
+    # at compile time, where it escapes them before finalizing (None would become "None").
     guard = _ACTIVE.get()
     if isinstance(value, str):
         size = len(value)
     elif isinstance(value, (int, float)):
         size = 24  # numbers are bounded in size, and those too long are refused when printed
+    elif value is None:
+        return ""
     else:
         size = budget.text_size(value, guard.max_chars)
     # produced(), inlined on the path every printed value takes
@@ -51,6 +58,9 @@ def concat_operands(autoescape: bool, operands: tuple[object, ...]) -> str:
     guard = _ACTIVE.get()
     size = sum(budget.text_size(operand, guard.max_chars) for operand in operands)
     guard.check_size(size, "'~'")
+    if None in operands:
+        # An empty field joins as empty text, as it prints (an undefined one raised above).
+        operands = tuple("" if operand is None else operand for operand in operands)
     result: str = markup_join(operands) if autoescape else str_join(operands)
     guard.produced(len(result), "'~'")
     return result

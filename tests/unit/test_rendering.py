@@ -121,6 +121,9 @@ def test_a_subject_with_a_line_break_or_nul_from_contact_data_is_refused(name: s
         ("{{ contact.tags[5] }}", "contact.tags[5]"),
         ("{{ nobody }}", "nobody"),
         ("{% if contact.attributes.missing %}x{% endif %}", "contact.attributes.missing"),
+        ("{{ contact.foo|title }}", "contact.foo"),
+        ("{{ 'Hi ' ~ contact.foo }}", "contact.foo"),
+        ("{{ [contact.foo]|join }}", "contact.foo"),
     ],
 )
 def test_an_undefined_variable_fails_the_render_and_is_named(html: str, variable: str) -> None:
@@ -136,6 +139,58 @@ def test_values_some_contacts_lack_can_have_a_fallback() -> None:
         "{{ contact.attributes.missing is defined }}"
     )
     assert rendered.html == "free none False"
+
+
+EMPTY = contact(first_name=None, attributes={"plan": None})
+
+
+@pytest.mark.parametrize("text", ["Hi {{ contact.first_name }}!", None], ids=["text", "derived"])
+def test_an_empty_field_renders_as_empty_text_in_every_part(text: str | None) -> None:
+    rendered = render(
+        "<p>Hi {{ contact.first_name }}!</p>",
+        subject="News for {{ contact.first_name }}",
+        text=text,
+        recipient=EMPTY,
+    )
+    assert rendered == rendering.Rendered(subject="News for", html="<p>Hi !</p>", text="Hi !")
+
+
+def test_an_empty_field_prints_as_empty_text_wherever_it_is_printed() -> None:
+    rendered = render(
+        "[{{ contact.attributes.plan }}]"
+        "{% macro m(x) %}[{{ x }}]{% endmacro %}{{ m(contact.first_name) }}"
+        "{% set s %}[{{ contact.first_name }}]{% endset %}{{ s }}"
+        "{% autoescape false %}[{{ contact.first_name }}]{% endautoescape %}"
+        "[{{ none }}][{{ contact.first_name|safe }}]",
+        text="[{{ contact.first_name }}][{{ none }}]",
+        recipient=EMPTY,
+    )
+    assert rendered.html == "[]" * 6
+    assert rendered.text == "[][]"
+
+
+def test_an_empty_field_is_empty_text_to_concatenation_join_and_text_filters() -> None:
+    rendered = render(
+        "[{{ 'Hi ' ~ contact.first_name ~ '!' }}]"
+        "[{{ [contact.first_name, contact.last_name]|join(' ') }}]"
+        "[{{ contact.first_name|title }}{{ contact.first_name|upper }}"
+        "{{ contact.first_name|trim }}{{ contact.first_name|truncate(9) }}"
+        "{{ contact.first_name|replace('N', 'M') }}{{ contact.first_name|wordwrap(5) }}"
+        "{{ contact.first_name|string }}{{ contact.first_name|e }}]"
+        "[{{ contact.first_name|center(3) }}][{{ contact.first_name|wordcount }}]",
+        recipient=EMPTY,
+    )
+    assert rendered.html == "[Hi !][ Lovelace][][   ][0]"
+
+
+def test_an_empty_field_can_be_tested_and_gets_a_default() -> None:
+    rendered = render(
+        "{% if contact.first_name %}Hi {{ contact.first_name }}{% else %}Hello{% endif %}, "
+        "{{ contact.first_name|default('there') }} {{ contact.first_name or 'you' }} "
+        "{{ contact.first_name is none }} {{ ''|default('x') }}{{ ''|default('y', true) }}",
+        recipient=EMPTY,
+    )
+    assert rendered.html == "Hello, there you True y"
 
 
 @pytest.mark.parametrize(
