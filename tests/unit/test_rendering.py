@@ -193,6 +193,19 @@ def test_an_empty_field_can_be_tested_and_gets_a_default() -> None:
     assert rendered.html == "Hello, there you True y"
 
 
+def test_a_block_tag_or_comment_drops_the_line_break_after_it_as_the_readme_says() -> None:
+    glued = "Plan: {% if contact.attributes.plan %}pro{% endif %}\nBye\n"
+    kept = "Plan: {% if contact.attributes.plan %}pro{% endif +%}\nBye\n"
+    own_lines = "Hi\n{% if contact.attributes.plan %}\nThanks for going pro.\n{% endif %}\nBye\n"
+    assert render("h", text=glued).text == "Plan: proBye"
+    assert render("h", text=kept).text == "Plan: pro\nBye"
+    assert render("h", text=own_lines).text == "Hi\nThanks for going pro.\nBye"
+    # Indented tags and comments leave no line either; printed values change no line break.
+    indented = "A\n  {% set x = 1 %}\n\t{# a comment #}\nB {{ x }}\n{{ x }}\nC\n"
+    assert render("h", text=indented).text == "A\nB 1\n1\nC"
+    assert render("<p>\n{% if true %}\nx\n{% endif %}\n</p>\n").html == "<p>\nx\n</p>"
+
+
 @pytest.mark.parametrize(
     ("part", "source", "message"),
     [
