@@ -85,6 +85,31 @@ def test_templates_show_render_update_delete(ready: Cli) -> None:
     assert "no template named 'welcome'" in ready.refused("templates", "show", "welcome")
 
 
+def test_a_preview_renders_empty_fields_and_the_ids_of_no_email_as_empty_text(ready: Cli) -> None:
+    engine = db.make_engine(ready.database_url)
+    try:
+        with db.session_scope(engine) as session:
+            contacts.add(session, email="anon@example.com", attributes={"plan": "p9"})
+            templates.create(
+                session,
+                name="ids",
+                subject="Hi {{ contact.first_name }}",
+                html="<p>{{ contact.first_name }}|{{ email.id }}|{{ email.message_id }}</p>",
+            )
+    finally:
+        engine.dispose()
+    welcome, ids = (
+        json.loads(ready.ok("templates", "render", name, "--contact", "anon@example.com", "--json"))
+        for name in ("welcome", "ids")
+    )
+    assert welcome == {
+        "subject": "Welcome",
+        "text": "Hello , plan p9\n\nFrom Example Newsletter",
+        "html": "<p>Hello , plan p9</p>\n<p>From Example Newsletter</p>",
+    }
+    assert ids == {"subject": "Hi", "text": "||", "html": "<p>||</p>"}
+
+
 def test_contact_name_with_header_injection_is_refused(ready: Cli) -> None:
     err = ready.refused(
         "contacts",

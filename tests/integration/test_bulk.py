@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import email
+import email.policy
 import threading
 from typing import Any
 
@@ -173,6 +175,26 @@ def test_expansion_writes_one_rendered_email_per_eligible_recipient(setup: sa.En
             message = compose.message_bytes(session, by_contact[contact_id].id)
             assert b'filename="terms.pdf"' in message
             assert base64.b64encode(PDF)[:60] in message
+
+
+def test_an_expansion_stores_an_empty_contact_field_as_empty_text(setup: sa.Engine) -> None:
+    add_contacts(setup, 1, first_name=None)
+    operation_id = submit(setup)
+
+    assert expand(setup, operation_id) is OperationStatus.SENDING
+
+    (row,) = emails_of(setup, operation_id)
+    assert row.current_status is Status.PENDING_SEND
+    assert (row.subject, row.body_text) == ("News for", "Hi ")
+    assert row.body_html == f"<p>Hi , 1000 per seat. Email {row.id} {row.message_id}</p>"
+    with db.session_scope(setup) as session:
+        message = email.message_from_bytes(
+            compose.message_bytes(session, row.id), policy=email.policy.default
+        )
+    assert message["Subject"] == "News for"
+    texts = [part.get_content() for part in message.walk() if part.get_content_maintype() == "text"]
+    assert len(texts) == 2
+    assert not [text for text in texts if "None" in text]
 
 
 def test_templates_see_the_same_contact_in_an_expansion_as_in_a_preview(setup: sa.Engine) -> None:

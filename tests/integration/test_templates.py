@@ -57,6 +57,25 @@ def test_render_for_a_contact(seeded: sa.Engine) -> None:
     assert "Hello <b>Max</b> from Bonn" in rendered.text
 
 
+def test_a_preview_and_a_single_send_render_an_empty_field_as_empty_text(
+    seeded: sa.Engine,
+) -> None:
+    with db.session_scope(seeded) as session:
+        contacts.add(session, email="anon@example.com", attributes={"city": "Köln"})
+    with db.session_scope(seeded) as session:
+        preview = templates.render_for(session, "welcome", contact_address="anon@example.com")
+        sent = sending.send_from_template(
+            session,
+            template_name="welcome",
+            contact_address="anon@example.com",
+            from_address="sam@example.org",
+        )
+        stored = (sent.subject, sent.body_html, sent.body_text)
+    assert (preview.subject, preview.html) == ("Hi", "<p>Hello  from Köln</p>")
+    assert preview.text == "Hello from Köln"
+    assert stored == (preview.subject, preview.html, preview.text)
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -121,6 +121,9 @@ def test_a_subject_with_a_line_break_or_nul_from_contact_data_is_refused(name: s
         ("{{ contact.tags[5] }}", "contact.tags[5]"),
         ("{{ nobody }}", "nobody"),
         ("{% if contact.attributes.missing %}x{% endif %}", "contact.attributes.missing"),
+        ("{{ contact.foo|title }}", "contact.foo"),
+        ("{{ 'Hi ' ~ contact.foo }}", "contact.foo"),
+        ("{{ [contact.foo]|join }}", "contact.foo"),
     ],
 )
 def test_an_undefined_variable_fails_the_render_and_is_named(html: str, variable: str) -> None:
@@ -136,6 +139,71 @@ def test_values_some_contacts_lack_can_have_a_fallback() -> None:
         "{{ contact.attributes.missing is defined }}"
     )
     assert rendered.html == "free none False"
+
+
+EMPTY = contact(first_name=None, attributes={"plan": None})
+
+
+@pytest.mark.parametrize("text", ["Hi {{ contact.first_name }}!", None], ids=["text", "derived"])
+def test_an_empty_field_renders_as_empty_text_in_every_part(text: str | None) -> None:
+    rendered = render(
+        "<p>Hi {{ contact.first_name }}!</p>",
+        subject="News for {{ contact.first_name }}",
+        text=text,
+        recipient=EMPTY,
+    )
+    assert rendered == rendering.Rendered(subject="News for", html="<p>Hi !</p>", text="Hi !")
+
+
+def test_an_empty_field_prints_as_empty_text_wherever_it_is_printed() -> None:
+    rendered = render(
+        "[{{ contact.attributes.plan }}]"
+        "{% macro m(x) %}[{{ x }}]{% endmacro %}{{ m(contact.first_name) }}"
+        "{% set s %}[{{ contact.first_name }}]{% endset %}{{ s }}"
+        "{% autoescape false %}[{{ contact.first_name }}]{% endautoescape %}"
+        "[{{ none }}][{{ contact.first_name|safe }}]",
+        text="[{{ contact.first_name }}][{{ none }}]",
+        recipient=EMPTY,
+    )
+    assert rendered.html == "[]" * 6
+    assert rendered.text == "[][]"
+
+
+def test_an_empty_field_is_empty_text_to_concatenation_join_and_text_filters() -> None:
+    rendered = render(
+        "[{{ 'Hi ' ~ contact.first_name ~ '!' }}]"
+        "[{{ [contact.first_name, contact.last_name]|join(' ') }}]"
+        "[{{ contact.first_name|title }}{{ contact.first_name|upper }}"
+        "{{ contact.first_name|trim }}{{ contact.first_name|truncate(9) }}"
+        "{{ contact.first_name|replace('N', 'M') }}{{ contact.first_name|wordwrap(5) }}"
+        "{{ contact.first_name|string }}{{ contact.first_name|e }}]"
+        "[{{ contact.first_name|center(3) }}][{{ contact.first_name|wordcount }}]",
+        recipient=EMPTY,
+    )
+    assert rendered.html == "[Hi !][ Lovelace][][   ][0]"
+
+
+def test_an_empty_field_can_be_tested_and_gets_a_default() -> None:
+    rendered = render(
+        "{% if contact.first_name %}Hi {{ contact.first_name }}{% else %}Hello{% endif %}, "
+        "{{ contact.first_name|default('there') }} {{ contact.first_name or 'you' }} "
+        "{{ contact.first_name is none }} {{ ''|default('x') }}{{ ''|default('y', true) }}",
+        recipient=EMPTY,
+    )
+    assert rendered.html == "Hello, there you True y"
+
+
+def test_a_block_tag_or_comment_drops_the_line_break_after_it_as_the_readme_says() -> None:
+    glued = "Plan: {% if contact.attributes.plan %}pro{% endif %}\nBye\n"
+    kept = "Plan: {% if contact.attributes.plan %}pro{% endif +%}\nBye\n"
+    own_lines = "Hi\n{% if contact.attributes.plan %}\nThanks for going pro.\n{% endif %}\nBye\n"
+    assert render("h", text=glued).text == "Plan: proBye"
+    assert render("h", text=kept).text == "Plan: pro\nBye"
+    assert render("h", text=own_lines).text == "Hi\nThanks for going pro.\nBye"
+    # Indented tags and comments leave no line either; printed values change no line break.
+    indented = "A\n  {% set x = 1 %}\n\t{# a comment #}\nB {{ x }}\n{{ x }}\nC\n"
+    assert render("h", text=indented).text == "A\nB 1\n1\nC"
+    assert render("<p>\n{% if true %}\nx\n{% endif %}\n</p>\n").html == "<p>\nx\n</p>"
 
 
 @pytest.mark.parametrize(
