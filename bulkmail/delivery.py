@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
 
-from bulkmail import compose, errors, mime, outbox, ratelimit, smtp, smtp_protocol
+from bulkmail import compose, errors, mime, outbox, ratelimit, smtp
 
-Item = smtp_protocol.Item[int]
+Item = smtp.Item[int]
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,9 @@ class _Prepared:
 
 
 _KINDS = {
-    smtp_protocol.OutcomeKind.DELIVERED: "sent",
-    smtp_protocol.OutcomeKind.TEMPORARY: "retry",
-    smtp_protocol.OutcomeKind.PERMANENT: "failed",
+    smtp.OutcomeKind.DELIVERED: "sent",
+    smtp.OutcomeKind.TEMPORARY: "retry",
+    smtp.OutcomeKind.PERMANENT: "failed",
 }
 
 
@@ -117,7 +117,7 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
             continue
         recipients = (*email.to_addresses, *email.cc_addresses, *email.bcc_addresses)
         items.append(
-            smtp_protocol.Item(
+            smtp.Item(
                 key=email.id,
                 sender=email.from_address,
                 recipients=recipients,
@@ -135,7 +135,7 @@ class _Entry:
 
     claimed: list[outbox.Claimed]
     decided: list[outbox.Outcome]
-    results: list[smtp_protocol.Outcome[int]]
+    results: list[smtp.Outcome[int]]
     admitted: int
     written: asyncio.Future[Round]
 
@@ -216,7 +216,7 @@ class Recorder:
         self,
         claimed: list[outbox.Claimed],
         decided: list[outbox.Outcome],
-        results: list[smtp_protocol.Outcome[int]],
+        results: list[smtp.Outcome[int]],
         *,
         admitted: int = 0,
     ) -> Round:

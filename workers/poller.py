@@ -45,7 +45,6 @@ from bulkmail import (
     ratelimit,
     settings,
     smtp,
-    smtp_protocol,
     wakeup,
 )
 from workers import collector
@@ -132,7 +131,7 @@ class Poller:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        smtp_settings = smtp_protocol.parse_url(self.config.smtp_url)
+        smtp_settings = smtp.parse_url(self.config.smtp_url)
         if self.config.connections is not None:
             smtp_settings = replace(smtp_settings, connections=self.config.connections)
         try:
@@ -265,7 +264,7 @@ class Poller:
             yield None
             return
         client = aioredis.Redis.from_url(self.config.redis_url)
-        smtp_settings = smtp_protocol.parse_url(self.config.smtp_url)
+        smtp_settings = smtp.parse_url(self.config.smtp_url)
         key = f"bulkmail:ratelimit:{smtp_settings.host}:{smtp_settings.port}"
         try:
             yield ratelimit.RateLimiter(client, rate=self.config.rate_limit, key=key)

@@ -27,13 +27,12 @@ from bulkmail import (
     organization,
     ratelimit,
     smtp,
-    smtp_protocol,
 )
 from bulkmail.status import ApprovalStatus, State, Status
 from tests import mailserver, services
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
-FAST = smtp_protocol.Timeouts(
+FAST = smtp.Timeouts(
     connect=5, greeting=5, mail=5, rcpt=5, data=5, data_block=5, final_dot=5, command=5, quit=1
 )
 
@@ -45,7 +44,7 @@ def rounds(
 
     Each round's outcomes are written ``parts`` at a time, as its parts are sent.
     """
-    settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+    settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
     options = delivery.Options(worker="test-worker", batch=batch, completion_batch=parts)
 
     async def run() -> list[delivery.Round]:
@@ -179,7 +178,7 @@ def test_an_unreachable_server_releases_the_claims_without_counting_an_attempt(
 ) -> None:
     sender = mailserver.add_sender(engine)
     ids = mailserver.insert_pending(engine, sender, 20)
-    settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=unused_port(), timeouts=FAST)
+    settings = smtp.SmtpSettings(host="127.0.0.1", port=unused_port(), timeouts=FAST)
 
     async def run() -> delivery.Round:
         async with smtp.Sender(settings) as smtp_sender:
@@ -298,7 +297,7 @@ def test_the_rate_limit_is_shared_by_every_poller(pg_engine: sa.Engine) -> None:
         # One client per poller, as in separate processes: only Redis is shared.
         redis_client = aioredis.Redis.from_url(REDIS_URL)
         limiter = ratelimit.RateLimiter(redis_client, rate=100, key=key)
-        settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+        settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
         options = delivery.Options(worker=name, batch=25)
         sent = 0
         async with smtp.Sender(settings) as smtp_sender:
@@ -335,7 +334,7 @@ def test_without_redis_the_rate_limit_holds_and_nothing_is_sent(engine: sa.Engin
 
     async def run(port: int) -> delivery.Round:
         limiter = ratelimit.RateLimiter(nowhere, rate=100, key="bulkmail:test:nowhere")
-        settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+        settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
         async with smtp.Sender(settings) as smtp_sender:
             options = delivery.Options(worker="test-worker")
             done = await delivery.run_round(engine, smtp_sender, options, mime.PartCache(), limiter)
@@ -357,7 +356,7 @@ def test_a_stopping_poller_releases_what_smtp_has_not_got(engine: sa.Engine) -> 
     ledger = mailserver.Ledger()
     options = delivery.Options(worker="test-worker", batch=20, completion_batch=10)
     with mailserver.serving(ledger) as port:
-        settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+        settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
 
         async def run() -> delivery.Round:
             recorder = delivery.Recorder(engine, options)
