@@ -70,6 +70,10 @@ class Config:
     rate_limit: float = 0.0
     redis_url: str = "redis://127.0.0.1:6379/0"
 
+    def __post_init__(self) -> None:
+        # A bad SMTP URL is one clear error before the poller starts, not a line after its logs.
+        smtp.parse_url(self.smtp_url)
+
     @classmethod
     def from_settings(cls, config: settings.Settings, **overrides: object) -> Config:
         policy = outbox.RetryPolicy(

@@ -1,19 +1,25 @@
-"""Where and how to deliver: the SMTP settings, read from a URL such as ``BULKMAIL_SMTP_URL``."""
+"""Where and how to deliver: the SMTP settings, read from a URL such as ``BULKMAIL_SMTP_URL``.
+
+An error about the URL shows it with its password masked (``redaction.redact_url``) and never
+repeats what urllib said about it: urllib quotes the text it chokes on, and in a malformed URL
+that text can be the password. A URL urllib would misread is refused first
+(``redaction.url_problem``), so no part of a password is ever taken for a host, port, path or
+setting and shown as one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 import urllib.parse
 from collections.abc import Callable
 from typing import TypeVar
 
+from bulkmail import redaction
 from bulkmail.smtp.exceptions import InvalidSmtpSettings
 
 N = TypeVar("N", int, float)
 
-_PASSWORD = re.compile(r"(//[^/?#@:]*:)[^/?#@]*@")  # keeps passwords out of error messages
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -72,7 +78,10 @@ class SmtpSettings:
                 "the SMTP host is empty; give one like smtp://mail.example.org"
             )
         if not 0 < self.port < 65_536:
-            raise InvalidSmtpSettings(f"the SMTP port {self.port} is not between 1 and 65535")
+            raise InvalidSmtpSettings(
+                f"the SMTP port {self.port} is not between 1 and 65535; give the server's, "
+                "like smtp://mail.example.org:587"
+            )
         if self.connections < 1:
             raise InvalidSmtpSettings(f"connections must be at least 1, not {self.connections}")
         if self.max_messages < 1:
@@ -90,22 +99,31 @@ def parse_url(url: str) -> SmtpSettings:
     ``ca_file``, ``helo``, ``connections``, ``max_messages``, ``idle_timeout``, and
     ``<step>_timeout`` for each field of :class:`Timeouts` (``rcpt_timeout=60``).
     """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True)
-    except ValueError as exc:
-        raise InvalidSmtpSettings(f"the SMTP URL {_redact(url)!r} is malformed: {exc}") from exc
+    shown = repr(redaction.redact_url(url))
+    problem = redaction.url_problem(url)
+    if problem is not None:
+        raise InvalidSmtpSettings(f"the SMTP URL {shown} is malformed: {problem}")
+    parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("smtp", "smtps"):
         raise InvalidSmtpSettings(
-            f"the SMTP URL {_redact(url)!r} must start with smtp:// or smtps://, not {scheme}://"
+            f"the SMTP URL {shown} must start with smtp:// or smtps://, not {scheme}://"
         )
     if parts.path not in ("", "/") or parts.fragment:
-        raise InvalidSmtpSettings(f"the SMTP URL {_redact(url)!r} must not have a path or fragment")
+        raise InvalidSmtpSettings(
+            f"the SMTP URL {shown} must not have a path or fragment; end it after the host "
+            "and port, or before its ?settings"
+        )
+    try:
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise InvalidSmtpSettings(
+            f"the SMTP URL {shown} is malformed: write its settings as key=value pairs joined "
+            "by &, like ?starttls=true&connections=4"
+        ) from None
     options = dict(query)
     if len(options) != len(query):
-        raise InvalidSmtpSettings(f"the SMTP URL {_redact(url)!r} repeats a setting")
+        raise InvalidSmtpSettings(f"the SMTP URL {shown} repeats a setting; give each one once")
 
     timeouts = {}
     for field in dataclasses.fields(Timeouts):
@@ -121,7 +139,7 @@ def parse_url(url: str) -> SmtpSettings:
         tls = TlsMode.STARTTLS
     settings = SmtpSettings(
         host=parts.hostname or "",
-        port=(465 if tls is TlsMode.IMPLICIT else 25) if port is None else port,
+        port=(465 if tls is TlsMode.IMPLICIT else 25) if parts.port is None else parts.port,
         tls=tls,
         username=None if parts.username is None else urllib.parse.unquote(parts.username),
         password=None if parts.password is None else urllib.parse.unquote(parts.password),
@@ -141,10 +159,6 @@ def parse_url(url: str) -> SmtpSettings:
             f"the known ones are {', '.join(known)}"
         )
     return settings
-
-
-def _redact(url: str) -> str:
-    return _PASSWORD.sub(r"\1***@", url)
 
 
 def _boolean(name: str, raw: str) -> bool:

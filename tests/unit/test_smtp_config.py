@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bulkmail import errors, smtp
+from bulkmail import errors, redaction, smtp
+from tests import credentials
 
 # --- URL --------------------------------------------------------------------------------------
 
@@ -92,3 +95,97 @@ def test_errors_share_one_base_and_match_builtins() -> None:
     assert issubclass(smtp.SMTPTimeoutError, TimeoutError)
     assert issubclass(smtp.InvalidSmtpSettings, errors.InvalidInput)
     assert issubclass(smtp.InvalidSmtpSettings, ValueError)
+
+
+# --- passwords in errors ----------------------------------------------------------------------
+
+CREDENTIALS = st.builds(
+    lambda user, password, encoded: (user, password, encoded),
+    st.text(credentials.secret_chars, max_size=8),
+    credentials.secrets,
+    st.booleans(),
+)
+
+# One thing wrong at a time, and what the error must say about it.
+FAULTS = [
+    ("http", "127.0.0.1:25", "must start with smtp:// or smtps://"),
+    ("smtpx", "127.0.0.1:25", "must start with smtp:// or smtps://"),
+    ("smtp", "[::1:25", "cannot be split into its parts; percent-encode"),
+    ("smtp", "", "host is empty; give one"),
+    ("smtp", "127.0.0.1:99999", "port is not a number from 1 to 65535"),
+    ("smtp", "127.0.0.1:notaport", "port is not a number from 1 to 65535"),
+    ("smtp", "127.0.0.1:0", "port 0 is not between 1 and 65535; give"),
+    ("smtp", "127.0.0.1:25/path", "must not have a path or fragment; end it"),
+    ("smtp", "127.0.0.1:25#top", "must not have a path or fragment; end it"),
+    ("smtp", "127.0.0.1?starttls=maybe", "starttls='maybe' is not true or false"),
+    ("smtp", "127.0.0.1?colour=blue", "unknown SMTP URL setting(s) colour; the known ones"),
+    ("smtp", "127.0.0.1?connections=many", "connections='many' is not a number"),
+    ("smtp", "127.0.0.1?connections=0", "connections must be at least 1"),
+    ("smtp", "127.0.0.1?verify=1&verify=0", "repeats a setting; give each one once"),
+    ("smtp", "127.0.0.1?novalue", "write its settings as key=value pairs"),
+    ("smtps", "127.0.0.1?starttls=true", "TLS already; starttls=true only goes with smtp://"),
+]
+
+
+def refusal(url: str) -> str:
+    message = error_of(url)
+    assert message is not None, f"{url!r} was accepted"
+    return message
+
+
+def error_of(url: str) -> str | None:
+    """The one line ``parse_url`` refuses ``url`` with, or None when it reads it."""
+    try:
+        smtp.parse_url(url)
+    except smtp.InvalidSmtpSettings as error:
+        message = str(error)
+        assert "\n" not in message
+        return message
+    return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(CREDENTIALS, st.sampled_from(FAULTS))
+def test_every_error_says_what_is_wrong_and_shows_no_password(
+    credentials_: tuple[str, str, bool], fault: tuple[str, str, str]
+) -> None:
+    user, password, _ = credentials_
+    scheme, rest, complaint = fault
+    # Percent-encoded, as the README says to write them: the fault is the only thing wrong.
+    url = credentials.CredentialsUrl(scheme, user, password, rest, encoded=True)
+    message = refusal(url.text())
+    assert complaint in message
+    credentials.assert_hidden(url, message, refusal(url.twin()))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(CREDENTIALS, st.sampled_from([f[:2] for f in FAULTS] + [("smtp", "127.0.0.1:25")]))
+def test_raw_delimiters_in_a_password_are_refused_without_showing_it(
+    credentials_: tuple[str, str, bool], where: tuple[str, str]
+) -> None:
+    user, password, encoded = credentials_
+    scheme, rest = where
+    url = credentials.CredentialsUrl(scheme, user, password, rest, encoded=encoded)
+    message = error_of(url.text())
+    if message is None:
+        # Read as a URL with credentials (delimiters may have made a faulty one valid).
+        assert smtp.parse_url(url.text()).password is not None
+        return
+    credentials.assert_hidden(url, message, refusal(url.twin()))
+    userinfo = f"{user}:{password}"
+    cut = min((userinfo.find(c) for c in "/?#" if c in userinfo), default=-1)
+    if not encoded and cut >= 0 and not set(userinfo[:cut]) & set("[]" + credentials.FULLWIDTH):
+        # A raw / ? or # ends the user information early: the password's rest and the host
+        # come after it, and the error says what to do instead.
+        assert "an @ comes after its host" in message
+        assert "percent-encode" in message
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=60) | st.from_regex(r"smtps?://[^@]*@[^@]*", fullmatch=True))
+def test_any_text_is_read_or_refused_with_one_line_that_masks_its_password(text: str) -> None:
+    message = error_of(text)
+    shown = redaction.redact_url(text)
+    if message is not None and shown != text:
+        # Every error that shows the URL shows it masked; the others do not show it at all.
+        assert repr(shown) in message or text not in message
