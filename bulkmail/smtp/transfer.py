@@ -33,6 +33,8 @@ class _Job(Generic[K]):
 
     index: int
     item: outcomes.Item[K]
+    sender: str  # the envelope's forms of the item's addresses (wire.check_address)
+    recipients: list[str]
     data: bytes
     rcpt_lines: list[bytes]
     smtputf8: bool
@@ -40,18 +42,19 @@ class _Job(Generic[K]):
 
     @classmethod
     def prepare(cls, index: int, item: outcomes.Item[K]) -> _Job[K]:
-        wire.check_address(item.sender, role="sender")
+        sender = wire.check_address(item.sender, role="sender")
         if not item.recipients:
             raise errors.InvalidInput("the message has no recipients")
-        for rcpt in item.recipients:
-            wire.check_address(rcpt, role="recipient")
+        recipients = [wire.check_address(rcpt, role="recipient") for rcpt in item.recipients]
         data = wire.prepare_data(item.message, crlf=item.crlf)
         return cls(
             index=index,
             item=item,
+            sender=sender,
+            recipients=recipients,
             data=data,
-            rcpt_lines=[wire.rcpt_to(rcpt) for rcpt in item.recipients],
-            smtputf8=wire.needs_smtputf8(item.sender, item.recipients, item.message),
+            rcpt_lines=[wire.rcpt_to(rcpt) for rcpt in recipients],
+            smtputf8=wire.needs_smtputf8(sender, recipients, item.message),
             eightbit=not data.isascii(),
         )
 
@@ -184,8 +187,9 @@ class _Transfer(Generic[K]):
         host, offered = self.link.host, self.link.extensions
         if job.smtputf8 and not offered.smtputf8:
             return (
-                f"the message has non-ASCII addresses or headers and {host} does not offer "
-                "SMTPUTF8; use ASCII (IDNA, RFC 2047 encoded words) for this server"
+                f"{wire.non_ascii_reason(job.sender, job.recipients)}, which needs SMTPUTF8, "
+                f"and {host} does not offer SMTPUTF8; use ASCII addresses (RFC 2047 encoded "
+                "words in headers) for this server"
             )
         if job.eightbit and not offered.eightbitmime:
             return (
@@ -198,7 +202,7 @@ class _Transfer(Generic[K]):
 
     def _mail_command(self, job: _Job[K]) -> bytes:
         return wire.mail_from(
-            job.item.sender,
+            job.sender,
             size=None if self.link.extensions.size is None else job.size,
             eightbit=job.eightbit,
             smtputf8=job.smtputf8,

@@ -2,7 +2,7 @@
 
 Everything here is tested without a socket: replies parsed from bytes however they were split
 (multi-line, RFC 3463 enhanced codes, any text encoding), EHLO keywords read, commands formatted
-as bytes, addresses checked, message data made
+as bytes, addresses checked and written as the envelope needs them, message data made
 transparent (RFC 5321 section 4.5.2).
 """
 
@@ -11,8 +11,11 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
+
+import idna
 
 from bulkmail import errors
 from bulkmail.smtp.exceptions import InvalidSmtpSettings, SMTPProtocolError
@@ -200,14 +203,32 @@ def _domain(name: str) -> bytes:
 
 
 def check_address(address: str, *, role: str) -> str:
-    """Return ``address`` if it can go into a MAIL or RCPT command as it is; raise otherwise."""
+    """The form of ``address`` to write into a MAIL or RCPT command; raise if there is none.
+
+    An address with an ASCII local part goes out with its domain as an A-label (IDNA), so it
+    never needs SMTPUTF8: ``a@münchen.de`` becomes ``a@xn--mnchen-3ya.de``. Only a non-ASCII
+    local part stays UTF-8 (RFC 6531), and so does a domain IDNA cannot encode.
+    """
     if _UNSAFE_ADDRESS.search(address):
         raise errors.InvalidInput(
             f"the {role} address {address!r} holds a space, control character or angle bracket"
         )
     if not address and role != "sender":
         raise errors.InvalidInput(f"the {role} address is empty")
-    return address
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        return address
+    return f"{local}@{_a_label(domain)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _a_label(domain: str) -> str:
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return domain
 
 
 def mail_from(
@@ -283,3 +304,14 @@ def needs_smtputf8(sender: str, recipients: Sequence[str], message: bytes) -> bo
     if end < 0:
         end = message.find(b"\n\n")
     return not (message if end < 0 else message[:end]).isascii()
+
+
+def non_ascii_reason(sender: str, recipients: Sequence[str]) -> str:
+    """Why a message needs SMTPUTF8 (see :func:`needs_smtputf8`), given its envelope as
+    :func:`check_address` writes it."""
+    for address in (sender, *recipients):
+        if not address.isascii():
+            if address.rpartition("@")[0].isascii():
+                return f"the domain of {address} cannot be written in ASCII (IDNA)"
+            return f"the address {address} has a non-ASCII local part (before the @)"
+    return "the message's header section is not ASCII"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import socket
 import time
 import uuid
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from bulkmail import (
     db,
     delivery,
+    emails,
     mailboxes,
     mime,
     models,
@@ -373,3 +375,37 @@ def test_a_stopping_poller_releases_what_smtp_has_not_got(engine: sa.Engine) -> 
     for row in mailserver.emails(engine, ids):
         assert row.current_status is Status.PENDING_SEND
         assert (row.delivery_attempts, row.claim_token) == (0, None)
+
+
+def test_an_address_typed_with_an_idn_domain_is_sent_in_ascii(engine: sa.Engine) -> None:
+    """To a relay without SMTPUTF8 (Postfix's smtp-sink), whichever form the domain was typed
+    in; only a non-ASCII local part needs SMTPUTF8, and its email fails saying so."""
+    mailserver.add_sender(engine)
+    typed = [["a@xn--mnchen-3ya.de"], ["b@MÜNCHEN.de", "B@xn--mnchen-3ya.DE"], ["jörg@münchen.de"]]
+    with db.session_scope(engine) as session:
+        ids = [
+            emails.create(
+                session,
+                emails.NewEmail(from_address=mailserver.SENDER, to=to, subject="Hi", text="Hallo"),
+            ).id
+            for to in typed
+        ]
+        for email_id in ids:
+            emails.send(session, email_id)
+    with mailserver.smtp_sink() as sink:
+        rounds(engine, sink.port)
+        dumps = [dump.read_bytes() for dump in sink.folder.iterdir()]
+
+    ascii_a, ascii_b, utf8 = mailserver.emails(engine, ids)
+    assert ascii_a.to_addresses == ["a@xn--mnchen-3ya.de"]
+    assert ascii_b.to_addresses == ["b@xn--mnchen-3ya.de"]  # one recipient, in any case
+    assert utf8.to_addresses == ["jörg@xn--mnchen-3ya.de"]
+    assert (ascii_a.current_status, ascii_b.current_status) == (Status.SENT, Status.SENT)
+    assert sorted(re.findall(rb"^X-Rcpt-Args: (.*)$", b"".join(dumps), re.MULTILINE)) == [
+        b"<a@xn--mnchen-3ya.de>",
+        b"<b@xn--mnchen-3ya.de>",
+    ]
+    assert not re.search(rb"^X-Mail-Args: .*SMTPUTF8", b"".join(dumps), re.MULTILINE)
+    assert utf8.current_status is Status.FAILED
+    assert "has a non-ASCII local part" in str(utf8.failure_reason)
+    assert "does not offer SMTPUTF8" in str(utf8.failure_reason)

@@ -495,6 +495,50 @@ def test_smtputf8_and_8bitmime_are_used_when_offered_and_needed() -> None:
     assert handler.messages[1].mail_options == [size(item(2))]
 
 
+def test_an_idn_domain_goes_out_as_its_a_label_without_smtputf8() -> None:
+    handler = Recorder()
+    idn = Item(
+        key=1,
+        sender="news@Bücher.example",
+        recipients=("a@münchen.de", "b@xn--mnchen-3ya.de"),
+        message=message(1),
+    )
+    utf8 = Item(
+        key=2, sender="news@example.org", recipients=("jörg@münchen.de",), message=message(2)
+    )
+    # A server that does not offer SMTPUTF8, behind a proxy that records the client's bytes.
+    [outcomes], proxy = run_aiosmtpd(
+        handler, [idn, utf8, item(3)], settings={"connections": 1}, enable_SMTPUTF8=False
+    )
+
+    assert kinds(outcomes) == [OutcomeKind.DELIVERED, OutcomeKind.PERMANENT, OutcomeKind.DELIVERED]
+    sent = b"".join(proxy.sessions[0])
+    assert b"MAIL FROM:<news@xn--bcher-kva.example> %s\r\n" % size(idn).encode() in sent
+    assert b"RCPT TO:<a@xn--mnchen-3ya.de>\r\nRCPT TO:<b@xn--mnchen-3ya.de>\r\n" in sent
+    assert b"SMTPUTF8" not in sent
+    assert sent.isascii()
+    assert handler.messages[0].recipients == ["a@xn--mnchen-3ya.de", "b@xn--mnchen-3ya.de"]
+    assert outcomes[1].detail == (
+        "the address jörg@münchen.de has a non-ASCII local part (before the @), which needs "
+        "SMTPUTF8, and 127.0.0.1 does not offer SMTPUTF8; use ASCII addresses (RFC 2047 "
+        "encoded words in headers) for this server"
+    )
+
+
+def test_a_non_ascii_local_part_uses_smtputf8_where_offered() -> None:
+    handler = Recorder()
+    utf8 = Item(
+        key=1, sender="news@example.org", recipients=("jörg@münchen.de",), message=message(1)
+    )
+    [outcomes], proxy = run_aiosmtpd(handler, [utf8])
+
+    assert kinds(outcomes) == [OutcomeKind.DELIVERED]
+    sent = b"".join(proxy.sessions[0])
+    assert b"MAIL FROM:<news@example.org> %s SMTPUTF8\r\n" % size(utf8).encode() in sent
+    assert "RCPT TO:<jörg@münchen.de>\r\n".encode() in sent
+    assert handler.messages[0].recipients == ["jörg@münchen.de"]
+
+
 def test_8bit_message_to_a_server_without_8bitmime_is_refused_locally() -> None:
     handler = Recorder()
     [outcomes], _ = run_aiosmtpd(
