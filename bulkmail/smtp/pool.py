@@ -19,7 +19,7 @@ from bulkmail.smtp.exceptions import SMTPError
 
 K = TypeVar("K")
 
-logger = logging.getLogger("bulkmail.smtp")
+logger = logging.getLogger("bulkmail.smtp")  # one name for the whole client, as before the split
 
 
 class Sender:

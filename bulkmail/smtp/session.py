@@ -26,7 +26,7 @@ from bulkmail.smtp.exceptions import (
 
 _READ_SIZE = 65_536
 # After these the session's state is unknown: nothing more is sent on it, not even QUIT.
-SESSION_LOST = (SMTPConnectionError, SMTPTimeoutError, SMTPProtocolError)
+_SESSION_LOST = (SMTPConnectionError, SMTPTimeoutError, SMTPProtocolError)
 
 
 def _network_error(error: OSError, doing: str, seconds: float, advice: str = "") -> SMTPError:
@@ -109,7 +109,7 @@ class Session:
         session = cls(settings, reader, writer)
         try:
             await session._set_up(tls_context)
-        except SESSION_LOST:
+        except _SESSION_LOST:
             session.abort()
             raise
         except SMTPError:

@@ -24,7 +24,7 @@ from bulkmail.smtp.exceptions import SMTPError, SMTPReplyError
 
 K = TypeVar("K")
 
-logger = logging.getLogger("bulkmail.smtp")
+logger = logging.getLogger("bulkmail.smtp")  # one name for the whole client, as before the split
 
 
 @dataclasses.dataclass(slots=True)
