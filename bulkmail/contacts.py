@@ -26,20 +26,23 @@ _SPECIAL_USE_DOMAINS = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES)
 
 
 def normalize_email(value: str) -> str:
-    """The stored form of a contact address: validated by email-validator's rules, lowercased.
+    """The stored form of a contact address: ``headers.normalize_address``'s, lowercased.
 
-    Contacts are matched case-insensitively on import and in queries.
+    So the domain is an A-label (``a@münchen.de`` is stored as ``a@xn--mnchen-3ya.de``) and
+    contacts are matched case-insensitively on import, on lookup and in queries.
     """
     # ASCII first: str.lower() maps a few non-ASCII letters (the Kelvin sign) to ASCII ones.
     lowered = value.lower()
     simple = _SIMPLE_ADDRESS.fullmatch(lowered) if value.isascii() else None
-    if (
-        simple is not None
-        and len(lowered) <= headers.MAX_ADDRESS_LENGTH
-        and "--" not in lowered[lowered.index("@") :]
-        and simple.group(1) not in _SPECIAL_USE_DOMAINS
-    ):
-        return lowered
+    if simple is not None:
+        at = lowered.index("@")
+        if (
+            at <= headers.MAX_LOCAL_PART
+            and len(lowered) <= headers.MAX_ADDRESS_LENGTH
+            and "--" not in lowered[at:]
+            and simple.group(1) not in _SPECIAL_USE_DOMAINS
+        ):
+            return lowered
     return headers.normalize_address(value, field="contact address").lower()
 
 
@@ -108,7 +111,7 @@ def count(session: orm.Session, query: str | None = None) -> int:
 
 def get_by_email(session: orm.Session, address: str) -> models.Contact:
     contact = session.scalar(
-        sa.select(models.Contact).where(models.Contact.email == address.strip().lower())
+        sa.select(models.Contact).where(models.Contact.email == normalize_email(address))
     )
     if contact is None:
         raise errors.NotFound(f"no contact has the address {address.strip()}")

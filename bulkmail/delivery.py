@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
 
-from bulkmail import compose, errors, mime, outbox, ratelimit, smtp, smtp_protocol
+from bulkmail import compose, errors, mime, outbox, ratelimit, smtp
 from bulkmail.status import FailureKind
 
-Item = smtp_protocol.Item[int]
+Item = smtp.Item[int]
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
             unbuildable.append(
                 outbox.Outcome(
                     claimed=entry,
-                    kind=smtp_protocol.OutcomeKind.PERMANENT,
+                    kind=smtp.OutcomeKind.PERMANENT,
                     reply=f"message cannot be built: {error}",
                     failure=FailureKind.UNBUILDABLE,
                 )
@@ -134,7 +134,7 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
             continue
         recipients = (*email.to_addresses, *email.cc_addresses, *email.bcc_addresses)
         items.append(
-            smtp_protocol.Item(
+            smtp.Item(
                 key=email.id,
                 sender=email.from_address,
                 recipients=recipients,
@@ -152,7 +152,7 @@ class _Entry:
 
     claimed: list[outbox.Claimed]
     decided: list[outbox.Outcome]
-    results: list[smtp_protocol.Outcome[int]]
+    results: list[smtp.Outcome[int]]
     admitted: int
     written: asyncio.Future[Round]
 
@@ -232,7 +232,7 @@ class Recorder:
         self,
         claimed: list[outbox.Claimed],
         decided: list[outbox.Outcome],
-        results: list[smtp_protocol.Outcome[int]],
+        results: list[smtp.Outcome[int]],
         *,
         admitted: int = 0,
     ) -> Round:

@@ -183,7 +183,7 @@ def list_emails(
     if status_filter is not None:
         query = query.where(models.Email.statuscode == int(status_filter))
     if sender is not None:
-        query = query.where(models.Email.from_address == sender.strip().lower())
+        query = query.where(models.Email.from_address == mailboxes.normalize_email(sender))
     if bulk_operation_id is not None:
         query = query.where(models.Email.bulk_operation_id == bulk_operation_id)
     return list(session.scalars(query))

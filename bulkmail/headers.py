@@ -12,7 +12,8 @@ import email_validator
 from bulkmail import errors
 
 _FORBIDDEN = {"\r": "CR", "\n": "LF", "\x00": "NUL"}
-MAX_ADDRESS_LENGTH = 254
+MAX_ADDRESS_LENGTH = 254  # octets, RFC 5321 section 4.5.3.1.3
+MAX_LOCAL_PART = 64  # octets, RFC 5321 section 4.5.3.1.1
 
 
 def check_header_value(field: str, value: str) -> str:
@@ -37,10 +38,14 @@ def check_name(field: str, value: str, *, limit: int = 200) -> str:
 
 
 def normalize_address(value: str, *, field: str = "address") -> str:
-    """Validate one bare address (no display name) and return its normalized form.
+    """Validate one bare address (no display name) and return its canonical form.
 
     Uses email-validator without DNS lookups: the syntax of RFC 5321/5322 as a mail server
-    would accept it, with the domain lowercased and IDNA-checked.
+    would accept it. The canonical form keeps the local part as email-validator normalizes it
+    (its case kept) and writes the domain as its lower-case A-label: ``a@München.de`` and
+    ``a@xn--mnchen-3ya.de`` are both ``a@xn--mnchen-3ya.de``, which goes out in ASCII and
+    needs SMTPUTF8 only for a non-ASCII local part. RFC 5321's limits are kept in octets:
+    64 for the local part, 254 for the address (its path holds 256 with the brackets).
     """
     check_header_value(field, value)
     candidate = value.strip()
@@ -52,17 +57,26 @@ def normalize_address(value: str, *, field: str = "address") -> str:
         )
     except email_validator.EmailNotValidError as exc:
         raise errors.InvalidInput(f"{field} {candidate!r} is not a valid address: {exc}") from exc
-    normalized: str = result.normalized
-    if len(normalized) > MAX_ADDRESS_LENGTH:
+    local: str = result.local_part
+    octets = len(local.encode())
+    if octets > MAX_LOCAL_PART:
         raise errors.InvalidInput(
-            f"{field} {candidate!r} is longer than {MAX_ADDRESS_LENGTH} characters"
+            f"{field} {candidate!r} is not a valid address: the part before the @ is "
+            f"{octets} octets long, and RFC 5321 allows {MAX_LOCAL_PART}; shorten it"
         )
-    return normalized
+    address = f"{local}@{result.ascii_domain}"
+    if len(address.encode()) > MAX_ADDRESS_LENGTH:
+        raise errors.InvalidInput(
+            f"{field} {candidate!r} is longer than {MAX_ADDRESS_LENGTH} octets "
+            "(with its domain in ASCII); shorten it"
+        )
+    return address
 
 
 def normalize_addresses(values: list[str], *, field: str) -> list[str]:
-    """Validate a list of addresses, keeping order and dropping exact repeats."""
-    seen: dict[str, None] = {}
+    """Validate a list of addresses, keeping order and dropping repeats (in any case)."""
+    seen: dict[str, str] = {}
     for value in values:
-        seen.setdefault(normalize_address(value, field=field), None)
-    return list(seen)
+        address = normalize_address(value, field=field)
+        seen.setdefault(address.lower(), address)
+    return list(seen.values())

@@ -22,20 +22,21 @@ PRIVILEGES: dict[str, str] = {
 Mailbox = models.SystemUser | models.Queue
 
 
-def _address(email: str) -> str:
-    # Mailbox addresses compare case-insensitively, as every mail system treats them.
+def normalize_email(email: str) -> str:
+    """The stored form of a mailbox address: ``headers.normalize_address``'s (its domain an
+    A-label), lowercased, for mailbox addresses compare case-insensitively."""
     return headers.normalize_address(email, field="email address").lower()
 
 
 def _check_unused(session: orm.Session, address: str) -> None:
-    if find_optional(session, address) is not None:
+    if _lookup(session, address) is not None:
         raise errors.Conflict(f"a user or queue with the address {address} already exists")
 
 
 def add_user(
     session: orm.Session, *, name: str, email: str, privileges: Iterable[str] = ()
 ) -> models.SystemUser:
-    address = _address(email)
+    address = normalize_email(email)
     granted = sorted(set(privileges))
     unknown = [p for p in granted if p not in PRIVILEGES]
     if unknown:
@@ -52,7 +53,7 @@ def add_user(
 
 
 def add_queue(session: orm.Session, *, name: str, email: str) -> models.Queue:
-    address = _address(email)
+    address = normalize_email(email)
     name = headers.check_name("name", name)
     _check_unused(session, address)
     if session.scalar(sa.select(models.Queue.id).where(models.Queue.name == name)) is not None:
@@ -72,21 +73,29 @@ def list_queues(session: orm.Session) -> list[models.Queue]:
 
 
 def find_optional(session: orm.Session, address: str) -> Mailbox | None:
-    address = address.strip().lower()
-    user = session.scalar(sa.select(models.SystemUser).where(models.SystemUser.email == address))
-    if user is not None:
-        return user
-    return session.scalar(sa.select(models.Queue).where(models.Queue.email == address))
+    """The mailbox of ``address`` in any case and either form of its domain, if there is one."""
+    try:
+        return _lookup(session, normalize_email(address))
+    except errors.InvalidInput:
+        return None  # no mailbox has an address that is not one
 
 
 def find(session: orm.Session, address: str) -> Mailbox:
-    mailbox = find_optional(session, _address(address))
+    mailbox = _lookup(session, normalize_email(address))
     if mailbox is None:
         raise errors.NotFound(
             f"no user or queue has the address {address.strip()}; "
             "add one with `bulkmail users add` or `bulkmail queues add`"
         )
     return mailbox
+
+
+def _lookup(session: orm.Session, address: str) -> Mailbox | None:
+    """The mailbox whose stored address (:func:`normalize_email`) is ``address``."""
+    user = session.scalar(sa.select(models.SystemUser).where(models.SystemUser.email == address))
+    if user is not None:
+        return user
+    return session.scalar(sa.select(models.Queue).where(models.Queue.email == address))
 
 
 def set_approval(

@@ -24,8 +24,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-import idna
-
 from bulkmail import errors, headers
 
 CRLF = b"\r\n"
@@ -33,7 +31,6 @@ LINE_LENGTH = 78  # RFC 5322's recommended limit; only an unbreakable token goes
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
 _LOCAL_PART = re.compile(_DOT_ATOM)
-_MAX_LOCAL_PART = 64  # octets, RFC 5321
 _MESSAGE_ID = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 _CONTENT_ID = re.compile(rf"[{_ATEXT}.@]{{1,250}}")
 _DOMAIN = re.compile(
@@ -200,7 +197,7 @@ def _address(field: str, value: str) -> str:
     local, _, domain = value.rpartition("@")
     if (
         len(value) <= headers.MAX_ADDRESS_LENGTH
-        and len(local) <= _MAX_LOCAL_PART
+        and len(local) <= headers.MAX_LOCAL_PART
         and _LOCAL_PART.fullmatch(local)
         and _plain_domain(domain)
     ):
@@ -222,12 +219,9 @@ def _plain_domain(domain: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _validated_address(field: str, value: str) -> str:
-    address = headers.normalize_address(value, field=field)
-    local, _, domain = address.rpartition("@")
-    if local.isascii() and not domain.isascii():
-        # An ASCII local part at an IDN domain must not force SMTPUTF8 on the whole message.
-        domain = ".".join(idna.alabel(label).decode("ascii") for label in domain.split("."))
-    return f"{local}@{domain}"
+    # The domain comes back as an A-label: an ASCII local part at an IDN domain must not
+    # force SMTPUTF8 on the whole message.
+    return headers.normalize_address(value, field=field)
 
 
 def _address_atoms(field: str, values: tuple[str, ...]) -> list[str]:

@@ -28,13 +28,13 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import db, mailboxes, models, smtp_protocol, tally
+from bulkmail import db, mailboxes, models, smtp, tally
 from bulkmail.models import OperationStatus
 from bulkmail.status import FailureKind, State, Status
 
 E = models.Email
 Op = models.BulkOperation
-Kind = smtp_protocol.OutcomeKind
+Kind = smtp.OutcomeKind
 _PENDING, _SENDING = int(Status.PENDING_SEND), int(Status.SENDING)
 _CANCELED = int(Status.CANCELED)
 _OP_CANCELED = OperationStatus.CANCELED.value
@@ -100,7 +100,7 @@ class Outcome:
     """What the SMTP server said about one claimed email."""
 
     claimed: Claimed
-    kind: smtp_protocol.OutcomeKind
+    kind: smtp.OutcomeKind
     reply: str
     # What a permanent outcome records as the failure's kind.
     failure: FailureKind = FailureKind.REFUSED

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bulkmail import errors
+from bulkmail import errors, redaction
 
 PREFIX = "BULKMAIL_"
 
@@ -69,16 +69,39 @@ class Settings(BaseSettings):
     )
 
 
+# Settings holding URLs, which may carry a password (user:password@host).
+_URLS = ("database_url", "broker_url", "smtp_url", "redis_url")
+
+
 def load() -> Settings:
-    """The settings of this process, from its environment; one line naming each bad value."""
+    """The settings of this process, from its environment; one line naming each bad value.
+
+    Values are shown with any password masked. A URL that would be misread (a raw ``/`` in
+    its password, say) is refused here, before a library reads it and quotes it in an error.
+    """
     try:
-        return Settings()
+        loaded = Settings()
     except ValidationError as error:
-        problems = "; ".join(
-            f"{PREFIX}{'_'.join(map(str, problem['loc'])).upper()}={problem['input']!r}: "
-            f"{problem['msg'].lower()}"
+        problems = [
+            (
+                "_".join(map(str, problem["loc"])),
+                str(problem["input"]),
+                problem["msg"].lower(),
+            )
             for problem in error.errors()
-        )
-        raise errors.InvalidInput(
-            f"{problems}; fix or unset the environment variable (see the README's Settings)"
-        ) from None
+        ]
+    else:
+        problems = [
+            (name, getattr(loaded, name), problem)
+            for name in _URLS
+            if (problem := redaction.url_problem(getattr(loaded, name))) is not None
+        ]
+        if not problems:
+            return loaded
+    described = "; ".join(
+        f"{PREFIX}{name.upper()}={redaction.redact_url(value)!r}: {problem}"
+        for name, value, problem in problems
+    )
+    raise errors.InvalidInput(
+        f"{described}; fix or unset the environment variable (see the README's Settings)"
+    )

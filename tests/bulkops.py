@@ -16,7 +16,7 @@ from bulkmail import (
     mailboxes,
     models,
     outbox,
-    smtp_protocol,
+    smtp,
     templates,
 )
 from bulkmail.models import OperationStatus
@@ -33,9 +33,9 @@ TEXT = "Hi {{ contact.first_name }}"
 PDF = b"%PDF-1.4 " + bytes(range(256)) * 40
 LEASE = dt.timedelta(minutes=5)
 SENT, RETRY, REFUSED = (
-    smtp_protocol.OutcomeKind.DELIVERED,
-    smtp_protocol.OutcomeKind.TEMPORARY,
-    smtp_protocol.OutcomeKind.PERMANENT,
+    smtp.OutcomeKind.DELIVERED,
+    smtp.OutcomeKind.TEMPORARY,
+    smtp.OutcomeKind.PERMANENT,
 )
 
 
@@ -149,7 +149,7 @@ def claim(engine: sa.Engine, limit: int = 1000, **kwargs: Any) -> list[outbox.Cl
 def complete(
     engine: sa.Engine,
     claimed: list[outbox.Claimed],
-    kind: smtp_protocol.OutcomeKind,
+    kind: smtp.OutcomeKind,
     **kwargs: Any,
 ) -> None:
     with db.session_scope(engine) as session:

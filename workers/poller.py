@@ -44,7 +44,6 @@ from bulkmail import (
     ratelimit,
     settings,
     smtp,
-    smtp_protocol,
     wakeup,
 )
 from workers import collector
@@ -69,6 +68,10 @@ class Config:
     grace: float = 30.0
     rate_limit: float = 0.0
     redis_url: str = "redis://127.0.0.1:6379/0"
+
+    def __post_init__(self) -> None:
+        # A bad SMTP URL is one clear error before the poller starts, not a line after its logs.
+        smtp.parse_url(self.smtp_url)
 
     @classmethod
     def from_settings(cls, config: settings.Settings, **overrides: object) -> Config:
@@ -131,7 +134,7 @@ class Poller:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        smtp_settings = smtp_protocol.parse_url(self.config.smtp_url)
+        smtp_settings = smtp.parse_url(self.config.smtp_url)
         if self.config.connections is not None:
             smtp_settings = replace(smtp_settings, connections=self.config.connections)
         try:
@@ -270,7 +273,7 @@ class Poller:
             yield None
             return
         client = aioredis.Redis.from_url(self.config.redis_url)
-        smtp_settings = smtp_protocol.parse_url(self.config.smtp_url)
+        smtp_settings = smtp.parse_url(self.config.smtp_url)
         key = f"bulkmail:ratelimit:{smtp_settings.host}:{smtp_settings.port}"
         try:
             yield ratelimit.RateLimiter(client, rate=self.config.rate_limit, key=key)

@@ -22,7 +22,7 @@ import time
 
 from bench_send import free_port, smtp_sink
 
-from bulkmail import smtp, smtp_protocol
+from bulkmail import smtp
 
 
 def message(number: int, size: int) -> bytes:
@@ -40,9 +40,9 @@ def message(number: int, size: int) -> bytes:
     return head + body[: max(size - len(head), 0)]
 
 
-def items(count: int, size: int) -> list[smtp_protocol.Item[int]]:
+def items(count: int, size: int) -> list[smtp.Item[int]]:
     return [
-        smtp_protocol.Item(
+        smtp.Item(
             key=number,
             sender="sender@example.org",
             recipients=(f"rcpt{number}@example.com",),
@@ -52,16 +52,14 @@ def items(count: int, size: int) -> list[smtp_protocol.Item[int]]:
     ]
 
 
-async def send(
-    port: int, messages: list[smtp_protocol.Item[int]], connections: int, batch: int
-) -> float:
+async def send(port: int, messages: list[smtp.Item[int]], connections: int, batch: int) -> float:
     """Seconds to send ``messages`` in batches, from opening the Sender to closing it."""
-    settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, connections=connections)
+    settings = smtp.SmtpSettings(host="127.0.0.1", port=port, connections=connections)
     started = time.perf_counter()
     async with smtp.Sender(settings) as sender:
         for start in range(0, len(messages), batch):
             outcomes = await sender.send_batch(messages[start : start + batch])
-            failed = [o for o in outcomes if o.kind is not smtp_protocol.OutcomeKind.DELIVERED]
+            failed = [o for o in outcomes if o.kind is not smtp.OutcomeKind.DELIVERED]
             if failed:
                 raise SystemExit(f"{len(failed)} messages were not delivered: {failed[0]}")
     return time.perf_counter() - started

@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from bulkmail import bulk, db, delivery, emails, mime, models, smtp, smtp_protocol
+from bulkmail import bulk, db, delivery, emails, mime, models, smtp
 from bulkmail.models import OperationStatus
 from bulkmail.status import Status
 from tests import bulkops, mailserver, pollers
 
-FAST = smtp_protocol.Timeouts(
+FAST = smtp.Timeouts(
     connect=5, greeting=5, mail=5, rcpt=5, data=5, data_block=5, final_dot=5, command=5, quit=1
 )
 
@@ -43,7 +43,7 @@ def test_cancels_withdraw_the_claims_a_poller_has_not_handed_over(engine: sa.Eng
     ledger.hold = {"r0@example.com", "r5@example.com"}
     done: list[delivery.Round] = []
     with mailserver.serving(ledger) as port:
-        settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+        settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
 
         async def run() -> delivery.Round:
             async with smtp.Sender(settings) as sender_:

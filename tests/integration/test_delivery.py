@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import socket
 import time
 import uuid
@@ -21,19 +22,19 @@ import sqlalchemy as sa
 from bulkmail import (
     db,
     delivery,
+    emails,
     mailboxes,
     mime,
     models,
     organization,
     ratelimit,
     smtp,
-    smtp_protocol,
 )
 from bulkmail.status import ApprovalStatus, FailureKind, State, Status
 from tests import mailserver, services
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
-FAST = smtp_protocol.Timeouts(
+FAST = smtp.Timeouts(
     connect=5, greeting=5, mail=5, rcpt=5, data=5, data_block=5, final_dot=5, command=5, quit=1
 )
 
@@ -45,7 +46,7 @@ def rounds(
 
     Each round's outcomes are written ``parts`` at a time, as its parts are sent.
     """
-    settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+    settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
     options = delivery.Options(worker="test-worker", batch=batch, completion_batch=parts)
 
     async def run() -> list[delivery.Round]:
@@ -179,7 +180,7 @@ def test_an_unreachable_server_releases_the_claims_without_counting_an_attempt(
 ) -> None:
     sender = mailserver.add_sender(engine)
     ids = mailserver.insert_pending(engine, sender, 20)
-    settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=unused_port(), timeouts=FAST)
+    settings = smtp.SmtpSettings(host="127.0.0.1", port=unused_port(), timeouts=FAST)
 
     async def run() -> delivery.Round:
         async with smtp.Sender(settings) as smtp_sender:
@@ -299,7 +300,7 @@ def test_the_rate_limit_is_shared_by_every_poller(pg_engine: sa.Engine) -> None:
         # One client per poller, as in separate processes: only Redis is shared.
         redis_client = aioredis.Redis.from_url(REDIS_URL)
         limiter = ratelimit.RateLimiter(redis_client, rate=100, key=key)
-        settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+        settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
         options = delivery.Options(worker=name, batch=25)
         sent = 0
         async with smtp.Sender(settings) as smtp_sender:
@@ -336,7 +337,7 @@ def test_without_redis_the_rate_limit_holds_and_nothing_is_sent(engine: sa.Engin
 
     async def run(port: int) -> delivery.Round:
         limiter = ratelimit.RateLimiter(nowhere, rate=100, key="bulkmail:test:nowhere")
-        settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+        settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
         async with smtp.Sender(settings) as smtp_sender:
             options = delivery.Options(worker="test-worker")
             done = await delivery.run_round(engine, smtp_sender, options, mime.PartCache(), limiter)
@@ -358,7 +359,7 @@ def test_a_stopping_poller_releases_what_smtp_has_not_got(engine: sa.Engine) -> 
     ledger = mailserver.Ledger()
     options = delivery.Options(worker="test-worker", batch=20, completion_batch=10)
     with mailserver.serving(ledger) as port:
-        settings = smtp_protocol.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
+        settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
 
         async def run() -> delivery.Round:
             recorder = delivery.Recorder(engine, options)
@@ -375,3 +376,37 @@ def test_a_stopping_poller_releases_what_smtp_has_not_got(engine: sa.Engine) -> 
     for row in mailserver.emails(engine, ids):
         assert row.current_status is Status.PENDING_SEND
         assert (row.delivery_attempts, row.claim_token) == (0, None)
+
+
+def test_an_address_typed_with_an_idn_domain_is_sent_in_ascii(engine: sa.Engine) -> None:
+    """To a relay without SMTPUTF8 (Postfix's smtp-sink), whichever form the domain was typed
+    in; only a non-ASCII local part needs SMTPUTF8, and its email fails saying so."""
+    mailserver.add_sender(engine)
+    typed = [["a@xn--mnchen-3ya.de"], ["b@MÜNCHEN.de", "B@xn--mnchen-3ya.DE"], ["jörg@münchen.de"]]
+    with db.session_scope(engine) as session:
+        ids = [
+            emails.create(
+                session,
+                emails.NewEmail(from_address=mailserver.SENDER, to=to, subject="Hi", text="Hallo"),
+            ).id
+            for to in typed
+        ]
+        for email_id in ids:
+            emails.send(session, email_id)
+    with mailserver.smtp_sink() as sink:
+        rounds(engine, sink.port)
+        dumps = [dump.read_bytes() for dump in sink.folder.iterdir()]
+
+    ascii_a, ascii_b, utf8 = mailserver.emails(engine, ids)
+    assert ascii_a.to_addresses == ["a@xn--mnchen-3ya.de"]
+    assert ascii_b.to_addresses == ["b@xn--mnchen-3ya.de"]  # one recipient, in any case
+    assert utf8.to_addresses == ["jörg@xn--mnchen-3ya.de"]
+    assert (ascii_a.current_status, ascii_b.current_status) == (Status.SENT, Status.SENT)
+    assert sorted(re.findall(rb"^X-Rcpt-Args: (.*)$", b"".join(dumps), re.MULTILINE)) == [
+        b"<a@xn--mnchen-3ya.de>",
+        b"<b@xn--mnchen-3ya.de>",
+    ]
+    assert not re.search(rb"^X-Mail-Args: .*SMTPUTF8", b"".join(dumps), re.MULTILINE)
+    assert utf8.current_status is Status.FAILED
+    assert "has a non-ASCII local part" in str(utf8.failure_reason)
+    assert "does not offer SMTPUTF8" in str(utf8.failure_reason)

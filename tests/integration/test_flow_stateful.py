@@ -40,7 +40,6 @@ from bulkmail import (
     models,
     outbox,
     smtp,
-    smtp_protocol,
 )
 from bulkmail.models import OperationStatus
 from bulkmail.status import Status
@@ -53,7 +52,7 @@ REPLIES = {
 }
 POLICY = outbox.RetryPolicy(first_retry=dt.timedelta(0), max_attempts=3)
 LEASE = dt.timedelta(minutes=5)
-TIMEOUTS = smtp_protocol.Timeouts(
+TIMEOUTS = smtp.Timeouts(
     connect=5, greeting=5, mail=5, rcpt=5, data=5, data_block=5, final_dot=5, command=5, quit=1
 )
 TABLES = "emails, attachments, bulk_operations, contacts, templates, attachment_blobs"
@@ -173,12 +172,12 @@ class Flow(RuleBasedStateMachine):
             messages = compose_all(session, claimed)
         self.abandoned |= {c.email.id for c in claimed}
 
-        async def send() -> list[smtp_protocol.Outcome[int]]:
+        async def send() -> list[smtp.Outcome[int]]:
             async with smtp.Sender(self._smtp()) as sender:
                 return await sender.send_batch(messages)
 
         for result in asyncio.run(send()):
-            if result.kind is smtp_protocol.OutcomeKind.DELIVERED:
+            if result.kind is smtp.OutcomeKind.DELIVERED:
                 self.window[self._message_id(result.key)] += 1
 
     @rule()
@@ -262,8 +261,8 @@ class Flow(RuleBasedStateMachine):
         if answer is not None:
             self.ledger.rcpt_replies[address] = answer
 
-    def _smtp(self) -> smtp_protocol.SmtpSettings:
-        return smtp_protocol.SmtpSettings(host="127.0.0.1", port=self.port, timeouts=TIMEOUTS)
+    def _smtp(self) -> smtp.SmtpSettings:
+        return smtp.SmtpSettings(host="127.0.0.1", port=self.port, timeouts=TIMEOUTS)
 
     def _message_id(self, email_id: int) -> str:
         (row,) = mailserver.emails(self.engine, [email_id])
@@ -280,12 +279,10 @@ class Flow(RuleBasedStateMachine):
             self.canceled_at[row.message_id] = self.ledger.received()[row.message_id]
 
 
-def compose_all(
-    session: orm.Session, claimed: list[outbox.Claimed]
-) -> list[smtp_protocol.Item[int]]:
+def compose_all(session: orm.Session, claimed: list[outbox.Claimed]) -> list[smtp.Item[int]]:
     built = compose.messages(session, [c.email for c in claimed])
     return [
-        smtp_protocol.Item(
+        smtp.Item(
             key=c.email.id,
             sender=c.email.from_address,
             recipients=tuple(c.email.to_addresses),

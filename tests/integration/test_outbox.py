@@ -9,15 +9,15 @@ from collections import Counter
 
 import sqlalchemy as sa
 
-from bulkmail import db, mailboxes, models, organization, outbox, smtp_protocol
+from bulkmail import db, mailboxes, models, organization, outbox, smtp
 from bulkmail.status import FailureKind, Status
 from tests import mailserver
 
 LEASE = dt.timedelta(minutes=5)
 SENT, RETRY, REFUSED = (
-    smtp_protocol.OutcomeKind.DELIVERED,
-    smtp_protocol.OutcomeKind.TEMPORARY,
-    smtp_protocol.OutcomeKind.PERMANENT,
+    smtp.OutcomeKind.DELIVERED,
+    smtp.OutcomeKind.TEMPORARY,
+    smtp.OutcomeKind.PERMANENT,
 )
 
 

@@ -10,6 +10,7 @@ from alembic.runtime.migration import MigrationContext
 
 from bulkmail import db, migrate, models
 from bulkmail.status import FailureKind
+from tests import mailserver
 
 
 def test_migrations_and_models_agree(engine: sa.Engine) -> None:
@@ -168,3 +169,53 @@ def test_migration_0010_gives_stored_failures_their_kind(engine: sa.Engine) -> N
         rows = connection.execute(sa.text("SELECT failure_reason, failure_kind FROM emails"))
         kinds = {row.failure_reason: row.failure_kind for row in rows}
     assert kinds == {reason: int(kind) for reason, kind in reasons.items()}
+
+
+def test_the_idn_migration_stores_domains_as_a_labels(
+    engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Rows as the previous version stored them: the domain in Unicode, lowercased.
+    with db.session_scope(engine) as session:
+        session.add_all(
+            [
+                models.Contact(email="a@münchen.de"),
+                models.Contact(email="jörg@münchen.de"),
+                models.Contact(email="b@münchen.de"),
+                models.Contact(email="b@xn--mnchen-3ya.de"),  # both forms were two contacts
+                models.Contact(email="c@example.org"),
+                models.Contact(email=None),
+                models.SystemUser(name="Ops", email="ops@bücher.example"),
+                models.Queue(name="Help", email="help@xn--bcher-kva.example"),
+            ]
+        )
+    with db.session_scope(engine) as session:
+        user_id = session.scalars(sa.select(models.SystemUser.id)).one()
+        session.add(
+            models.BulkOperation(
+                sender_user_id=user_id, sender_address="ops@bücher.example", query=""
+            )
+        )
+    migrate.downgrade(engine, "-1")
+    mailserver.insert_pending(engine, user_id, 1, from_address="ops@bücher.example")
+
+    migrate.upgrade(engine)
+
+    with db.session_scope(engine) as session:
+        assert set(session.scalars(sa.select(models.Contact.email))) == {
+            "a@xn--mnchen-3ya.de",
+            "jörg@xn--mnchen-3ya.de",
+            "b@münchen.de",
+            "b@xn--mnchen-3ya.de",
+            "c@example.org",
+            None,
+        }
+        assert session.scalars(sa.select(models.SystemUser.email)).one() == (
+            "ops@xn--bcher-kva.example"
+        )
+        assert session.scalars(sa.select(models.Email.from_address)).one() == (
+            "ops@xn--bcher-kva.example"
+        )
+        assert session.scalars(sa.select(models.BulkOperation.sender_address)).one() == (
+            "ops@xn--bcher-kva.example"
+        )
+    assert "b@münchen.de: b@xn--mnchen-3ya.de is taken by another row" in caplog.text

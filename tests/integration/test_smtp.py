@@ -26,13 +26,13 @@ from typing import Any
 import pytest
 from aiosmtpd import smtp as aiosmtpd
 
-from bulkmail import smtp, smtp_protocol
-from bulkmail.smtp_protocol import Item, Outcome, OutcomeKind, Reply, SmtpSettings
+from bulkmail import smtp
+from bulkmail.smtp import Item, Outcome, OutcomeKind, Reply, SmtpSettings, wire
 from tests import services
 from tests.mailserver import free_port, wait_listening
 
 BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-FAST = smtp_protocol.Timeouts(
+FAST = smtp.Timeouts(
     connect=5, greeting=5, mail=5, rcpt=5, data=5, data_block=5, final_dot=5, command=5, quit=1
 )
 
@@ -82,7 +82,7 @@ def number(data: bytes) -> int:
 
 
 def size(sent: Item[int]) -> str:
-    return f"SIZE={len(smtp_protocol.prepare_data(sent.message)) - 3}"
+    return f"SIZE={len(wire.prepare_data(sent.message)) - 3}"
 
 
 # --- aiosmtpd ---------------------------------------------------------------------------------
@@ -495,6 +495,50 @@ def test_smtputf8_and_8bitmime_are_used_when_offered_and_needed() -> None:
     assert handler.messages[1].mail_options == [size(item(2))]
 
 
+def test_an_idn_domain_goes_out_as_its_a_label_without_smtputf8() -> None:
+    handler = Recorder()
+    idn = Item(
+        key=1,
+        sender="news@Bücher.example",
+        recipients=("a@münchen.de", "b@xn--mnchen-3ya.de"),
+        message=message(1),
+    )
+    utf8 = Item(
+        key=2, sender="news@example.org", recipients=("jörg@münchen.de",), message=message(2)
+    )
+    # A server that does not offer SMTPUTF8, behind a proxy that records the client's bytes.
+    [outcomes], proxy = run_aiosmtpd(
+        handler, [idn, utf8, item(3)], settings={"connections": 1}, enable_SMTPUTF8=False
+    )
+
+    assert kinds(outcomes) == [OutcomeKind.DELIVERED, OutcomeKind.PERMANENT, OutcomeKind.DELIVERED]
+    sent = b"".join(proxy.sessions[0])
+    assert b"MAIL FROM:<news@xn--bcher-kva.example> %s\r\n" % size(idn).encode() in sent
+    assert b"RCPT TO:<a@xn--mnchen-3ya.de>\r\nRCPT TO:<b@xn--mnchen-3ya.de>\r\n" in sent
+    assert b"SMTPUTF8" not in sent
+    assert sent.isascii()
+    assert handler.messages[0].recipients == ["a@xn--mnchen-3ya.de", "b@xn--mnchen-3ya.de"]
+    assert outcomes[1].detail == (
+        "the address jörg@münchen.de has a non-ASCII local part (before the @), which needs "
+        "SMTPUTF8, and 127.0.0.1 does not offer SMTPUTF8; use ASCII addresses (RFC 2047 "
+        "encoded words in headers) for this server"
+    )
+
+
+def test_a_non_ascii_local_part_uses_smtputf8_where_offered() -> None:
+    handler = Recorder()
+    utf8 = Item(
+        key=1, sender="news@example.org", recipients=("jörg@münchen.de",), message=message(1)
+    )
+    [outcomes], proxy = run_aiosmtpd(handler, [utf8])
+
+    assert kinds(outcomes) == [OutcomeKind.DELIVERED]
+    sent = b"".join(proxy.sessions[0])
+    assert b"MAIL FROM:<news@example.org> %s SMTPUTF8\r\n" % size(utf8).encode() in sent
+    assert "RCPT TO:<jörg@münchen.de>\r\n".encode() in sent
+    assert handler.messages[0].recipients == ["jörg@münchen.de"]
+
+
 def test_8bit_message_to_a_server_without_8bitmime_is_refused_locally() -> None:
     handler = Recorder()
     [outcomes], _ = run_aiosmtpd(
@@ -521,7 +565,7 @@ def test_a_closed_sender_refuses_batches() -> None:
     async def run() -> None:
         sender = smtp.Sender(SmtpSettings(host="127.0.0.1", port=25))
         await sender.aclose()
-        with pytest.raises(smtp_protocol.SMTPError, match="closed"):
+        with pytest.raises(smtp.SMTPError, match="closed"):
             await sender.send_batch([item(1)])
 
     asyncio.run(run())
@@ -594,7 +638,7 @@ def test_starttls_then_auth(certificate: tuple[Path, Path], mechanisms: list[str
         ) as (port, proxy):
             assert proxy is not None
             url = f"smtp://us%40er:p%C3%A4ssword@127.0.0.1:{port}?starttls=true&ca_file={certificate[0]}"
-            settings = dataclasses.replace(smtp_protocol.parse_url(url), timeouts=FAST)
+            settings = dataclasses.replace(smtp.parse_url(url), timeouts=FAST)
             async with smtp.Sender(settings) as sender:
                 return await sender.send_batch([item(1), item(2)]), proxy.sessions
 
@@ -614,7 +658,7 @@ def test_wrong_password_fails_the_batch_temporarily_with_the_reply(
         ) as (port, _):
             settings = settings_for(
                 port,
-                tls=smtp_protocol.TlsMode.STARTTLS,
+                tls=smtp.TlsMode.STARTTLS,
                 ca_file=str(certificate[0]),
                 username="us@er",
                 password="wrong",
@@ -634,7 +678,7 @@ def test_implicit_tls(certificate: tuple[Path, Path]) -> None:
 
     async def run(**tls: Any) -> list[Outcome[int]]:
         async with aiosmtpd_server(handler, implicit_tls=server_tls(certificate)) as (port, _):
-            settings = settings_for(port, tls=smtp_protocol.TlsMode.IMPLICIT, **tls)
+            settings = settings_for(port, tls=smtp.TlsMode.IMPLICIT, **tls)
             async with smtp.Sender(settings) as sender:
                 return await sender.send_batch([item(1)])
 
@@ -649,7 +693,7 @@ def test_implicit_tls(certificate: tuple[Path, Path]) -> None:
 def test_starttls_that_is_not_offered_is_not_skipped() -> None:
     async def run() -> list[Outcome[int]]:
         async with aiosmtpd_server(Recorder()) as (port, _):
-            settings = settings_for(port, tls=smtp_protocol.TlsMode.STARTTLS)
+            settings = settings_for(port, tls=smtp.TlsMode.STARTTLS)
             async with smtp.Sender(settings) as sender:
                 return await sender.send_batch([item(1)])
 

@@ -1,4 +1,4 @@
-"""The pure half of the SMTP client: URLs, replies, commands, message data, outcomes."""
+"""The SMTP client without sockets: replies, commands, message data, outcomes."""
 
 from __future__ import annotations
 
@@ -9,105 +9,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulkmail import errors, smtp_protocol
-from bulkmail.smtp_protocol import OutcomeKind, Reply
+from bulkmail import errors, smtp
+from bulkmail.smtp import outcomes
+from bulkmail.smtp import wire as protocol
+from bulkmail.smtp.outcomes import OutcomeKind
+from bulkmail.smtp.wire import Reply
 
 BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 def parse(*chunks: bytes) -> list[Reply]:
-    parser = smtp_protocol.ReplyParser()
+    parser = protocol.ReplyParser()
     for chunk in chunks:
         parser.feed(chunk)
     return list(parser.replies)
-
-
-# --- URL --------------------------------------------------------------------------------------
-
-
-def test_parse_url_reads_credentials_port_and_starttls() -> None:
-    settings = smtp_protocol.parse_url(
-        "smtp://us%40er:p%3Ass%2Fw%20rd@Mail.Example.org:587?starttls=true"
-    )
-    assert settings.host == "mail.example.org"
-    assert settings.port == 587
-    assert settings.tls is smtp_protocol.TlsMode.STARTTLS
-    assert settings.username == "us@er"
-    assert settings.password == "p:ss/w rd"
-
-
-def test_parse_url_defaults_ports_by_scheme() -> None:
-    assert smtp_protocol.parse_url("smtp://localhost").port == 25
-    implicit = smtp_protocol.parse_url("smtps://localhost")
-    assert (implicit.port, implicit.tls) == (465, smtp_protocol.TlsMode.IMPLICIT)
-    assert smtp_protocol.parse_url("smtp://[::1]:2525").host == "::1"
-
-
-def test_parse_url_reads_pool_tls_and_timeout_settings() -> None:
-    settings = smtp_protocol.parse_url(
-        "smtp://127.0.0.1:2525/?connections=3&max_messages=50&idle_timeout=2.5"
-        "&verify=false&ca_file=/etc/ca.pem&helo=client.example.org"
-        "&rcpt_timeout=60&final_dot_timeout=30&connect_timeout=1.5"
-    )
-    assert settings.connections == 3
-    assert settings.max_messages == 50
-    assert settings.idle_timeout == 2.5
-    assert settings.tls_verify is False
-    assert settings.ca_file == "/etc/ca.pem"
-    assert settings.helo_name == "client.example.org"
-    assert settings.timeouts.rcpt == 60
-    assert settings.timeouts.final_dot == 30
-    assert settings.timeouts.connect == 1.5
-    assert settings.timeouts.mail == 300
-
-
-def test_default_timeouts_are_rfc_5321_values() -> None:
-    timeouts = smtp_protocol.SmtpSettings(host="localhost", port=25).timeouts
-    assert (timeouts.greeting, timeouts.mail, timeouts.rcpt) == (300, 300, 300)
-    assert (timeouts.data, timeouts.data_block, timeouts.final_dot) == (120, 180, 600)
-
-
-@pytest.mark.parametrize(
-    ("url", "complaint"),
-    [
-        ("http://localhost", "must start with smtp://"),
-        ("smtp://localhost/path", "path"),
-        ("smtp://localhost:99999", "malformed"),
-        ("smtp://localhost:0", "port 0 is not between"),
-        ("smtp://u:pw@[::1", "malformed"),
-        ("smtp://", "host is empty"),
-        ("smtp://localhost?colour=blue", "unknown SMTP URL setting(s) colour"),
-        ("smtp://localhost?starttls=maybe", "not true or false"),
-        ("smtp://localhost?connections=many", "not a number"),
-        ("smtp://localhost?connections=0", "at least 1"),
-        ("smtp://localhost?rcpt_timeout=0", "rcpt timeout must be positive"),
-        ("smtp://localhost?verify=1&verify=0", "repeats"),
-        ("smtps://localhost?starttls=true", "TLS already"),
-        ("smtp://user@localhost", "both a user name and a password"),
-    ],
-)
-def test_parse_url_refuses_bad_urls_with_a_reason(url: str, complaint: str) -> None:
-    with pytest.raises(smtp_protocol.InvalidSmtpSettings, match=re.escape(complaint)):
-        smtp_protocol.parse_url(url)
-
-
-@pytest.mark.parametrize(
-    "url", ["smtp://user:hunter2@localhost/x", "smtp://user:hunter2@[::1", "ftp://user:hunter2@h"]
-)
-def test_url_errors_and_repr_do_not_show_the_password(url: str) -> None:
-    with pytest.raises(smtp_protocol.InvalidSmtpSettings) as caught:
-        smtp_protocol.parse_url(url)
-    assert "hunter2" not in str(caught.value)
-    assert "user:***@" in str(caught.value)
-    assert "hunter2" not in repr(smtp_protocol.parse_url("smtp://user:hunter2@localhost"))
-
-
-def test_errors_share_one_base_and_match_builtins() -> None:
-    assert issubclass(smtp_protocol.SMTPError, errors.BulkmailError)
-    assert issubclass(smtp_protocol.SMTPConnectionError, ConnectionError)
-    assert issubclass(smtp_protocol.SMTPTimeoutError, TimeoutError)
-    assert issubclass(smtp_protocol.InvalidSmtpSettings, errors.InvalidInput)
-    assert issubclass(smtp_protocol.InvalidSmtpSettings, ValueError)
 
 
 # --- replies ----------------------------------------------------------------------------------
@@ -171,7 +86,7 @@ def test_a_repeated_line_ends_a_multi_line_reply_all_the_same() -> None:
 
 
 def test_partial_reply_waits_for_its_end() -> None:
-    parser = smtp_protocol.ReplyParser()
+    parser = protocol.ReplyParser()
     parser.feed(b"250-first\r\n250 sec")
     assert not parser.replies
     assert not parser.idle
@@ -184,13 +99,13 @@ def test_partial_reply_waits_for_its_end() -> None:
     "wire", [b"hello\r\n", b"25\r\n", b"250x ok\r\n", b"650 nope\r\n", b"+OK pop3\r\n"]
 )
 def test_non_smtp_lines_are_protocol_errors(wire: bytes) -> None:
-    with pytest.raises(smtp_protocol.SMTPProtocolError):
+    with pytest.raises(smtp.SMTPProtocolError):
         parse(wire)
 
 
 def test_endless_reply_line_is_a_protocol_error() -> None:
-    with pytest.raises(smtp_protocol.SMTPProtocolError, match="over"):
-        parse(b"250 " + b"x" * (smtp_protocol.MAX_REPLY_LINE + 1))
+    with pytest.raises(smtp.SMTPProtocolError, match="over"):
+        parse(b"250 " + b"x" * (protocol.MAX_REPLY_LINE + 1))
 
 
 # --- EHLO and commands ------------------------------------------------------------------------
@@ -202,7 +117,7 @@ def test_parse_ehlo_reads_keywords() -> None:
         b"250-8BITMIME\r\n250-SMTPUTF8\r\n250-STARTTLS\r\n250-AUTH=LOGIN\r\n"
         b"250-auth plain login\r\n250 \r\n"
     )
-    assert smtp_protocol.parse_ehlo(reply) == smtp_protocol.Extensions(
+    assert protocol.parse_ehlo(reply) == protocol.Extensions(
         pipelining=True,
         starttls=True,
         eightbitmime=True,
@@ -214,25 +129,25 @@ def test_parse_ehlo_reads_keywords() -> None:
 
 def test_parse_ehlo_treats_size_zero_as_no_limit_and_ignores_the_server_name() -> None:
     [reply] = parse(b"250-PIPELINING\r\n250 SIZE 0\r\n")
-    assert smtp_protocol.parse_ehlo(reply) == smtp_protocol.Extensions()
+    assert protocol.parse_ehlo(reply) == protocol.Extensions()
 
 
 def test_mail_from_carries_the_parameters_the_message_needs() -> None:
-    assert smtp_protocol.mail_from("a@example.org") == b"MAIL FROM:<a@example.org>\r\n"
-    assert smtp_protocol.mail_from("") == b"MAIL FROM:<>\r\n"
+    assert protocol.mail_from("a@example.org") == b"MAIL FROM:<a@example.org>\r\n"
+    assert protocol.mail_from("") == b"MAIL FROM:<>\r\n"
     assert (
-        smtp_protocol.mail_from("ü@example.org", size=2048, eightbit=True, smtputf8=True)
+        protocol.mail_from("ü@example.org", size=2048, eightbit=True, smtputf8=True)
         == "MAIL FROM:<ü@example.org> SIZE=2048 BODY=8BITMIME SMTPUTF8\r\n".encode()
     )
-    assert smtp_protocol.rcpt_to("b@example.org") == b"RCPT TO:<b@example.org>\r\n"
+    assert protocol.rcpt_to("b@example.org") == b"RCPT TO:<b@example.org>\r\n"
 
 
 def test_auth_lines() -> None:
-    line = smtp_protocol.auth_plain("user", "pässword")
+    line = protocol.auth_plain("user", "pässword")
     assert line.startswith(b"AUTH PLAIN ")
     assert line.endswith(b"\r\n")
     assert base64.b64decode(line[11:-2]) == "\0user\0pässword".encode()
-    assert smtp_protocol.auth_login_steps("user", "pw") == [
+    assert protocol.auth_login_steps("user", "pw") == [
         b"AUTH LOGIN\r\n",
         b"dXNlcg==\r\n",
         b"cHc=\r\n",
@@ -244,20 +159,20 @@ def test_auth_lines() -> None:
 )
 def test_addresses_that_would_change_the_command_are_refused(address: str) -> None:
     with pytest.raises(errors.InvalidInput, match="recipient"):
-        smtp_protocol.check_address(address, role="recipient")
+        protocol.check_address(address, role="recipient")
 
 
 def test_null_sender_is_allowed_but_no_empty_recipient() -> None:
-    assert smtp_protocol.check_address("", role="sender") == ""
+    assert protocol.check_address("", role="sender") == ""
     with pytest.raises(errors.InvalidInput, match="empty"):
-        smtp_protocol.check_address("", role="recipient")
+        protocol.check_address("", role="recipient")
 
 
 def test_helo_name_is_checked() -> None:
-    assert smtp_protocol.ehlo("[127.0.0.1]") == b"EHLO [127.0.0.1]\r\n"
-    assert smtp_protocol.helo("bücher.example") == b"HELO xn--bcher-kva.example\r\n"
-    with pytest.raises(smtp_protocol.InvalidSmtpSettings):
-        smtp_protocol.ehlo("evil\r\nMAIL FROM:<x>")
+    assert protocol.ehlo("[127.0.0.1]") == b"EHLO [127.0.0.1]\r\n"
+    assert protocol.helo("bücher.example") == b"HELO xn--bcher-kva.example\r\n"
+    with pytest.raises(smtp.InvalidSmtpSettings):
+        protocol.ehlo("evil\r\nMAIL FROM:<x>")
 
 
 # --- message data -----------------------------------------------------------------------------
@@ -276,12 +191,12 @@ def test_helo_name_is_checked() -> None:
     ],
 )
 def test_prepare_data_normalises_line_ends_and_stuffs_dots(message: bytes, wire: bytes) -> None:
-    assert smtp_protocol.prepare_data(message) == wire
+    assert protocol.prepare_data(message) == wire
 
 
 @given(st.binary(max_size=300) | st.text(alphabet="ab.\r\n", max_size=60).map(str.encode))
 def test_prepared_data_has_no_bare_cr_or_lf_and_unstuffs_to_the_message(message: bytes) -> None:
-    wire = smtp_protocol.prepare_data(message)
+    wire = protocol.prepare_data(message)
     assert not BARE_CR_OR_LF.search(wire)
     assert wire.endswith(b"\r\n.\r\n") or wire == b".\r\n"
     body = wire[: -len(b".\r\n")]
@@ -297,16 +212,16 @@ def test_prepared_data_has_no_bare_cr_or_lf_and_unstuffs_to_the_message(message:
 @given(st.text(alphabet="ab.\r\n", max_size=60).map(str.encode))
 def test_prepared_data_of_a_crlf_message_is_the_same_without_the_checks(message: bytes) -> None:
     normalised = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
-    assert smtp_protocol.prepare_data(normalised, crlf=True) == smtp_protocol.prepare_data(message)
+    assert protocol.prepare_data(normalised, crlf=True) == protocol.prepare_data(message)
 
 
 def test_needs_smtputf8_for_non_ascii_addresses_or_headers_only() -> None:
     ascii_head = "Subject: hi\r\n\r\nGrüße\r\n".encode()
     utf8_head = "Subject: Grüße\r\n\r\nbody\r\n".encode()
-    assert not smtp_protocol.needs_smtputf8("a@example.org", ["b@example.org"], ascii_head)
-    assert smtp_protocol.needs_smtputf8("a@example.org", ["b@example.org"], utf8_head)
-    assert smtp_protocol.needs_smtputf8("a@example.org", ["jörg@example.org"], b"x\r\n")
-    assert smtp_protocol.needs_smtputf8("ä@example.org", ["b@example.org"], b"x\r\n")
+    assert not protocol.needs_smtputf8("a@example.org", ["b@example.org"], ascii_head)
+    assert protocol.needs_smtputf8("a@example.org", ["b@example.org"], utf8_head)
+    assert protocol.needs_smtputf8("a@example.org", ["jörg@example.org"], b"x\r\n")
+    assert protocol.needs_smtputf8("ä@example.org", ["b@example.org"], b"x\r\n")
 
 
 # --- outcomes ---------------------------------------------------------------------------------
@@ -322,9 +237,9 @@ def outcome(
     rcpts: tuple[Reply, ...] = (OK,),
     data: Reply | None = GO,
     final: Reply | None = OK,
-) -> smtp_protocol.Outcome[int]:
+) -> outcomes.Outcome[int]:
     named = [(f"r{n}@example.org", reply) for n, reply in enumerate(rcpts)]
-    return smtp_protocol.transaction_outcome(7, mail=mail, rcpts=named, data=data, final=final)
+    return outcomes.transaction_outcome(7, mail=mail, rcpts=named, data=data, final=final)
 
 
 def test_delivered_keeps_the_final_reply() -> None:
@@ -365,7 +280,7 @@ def test_the_refusing_reply_decides(stage: str, reply: Reply, kind: OutcomeKind)
     replies: dict[str, Reply | None] = {"mail": OK, "data": GO, "final": OK, stage: reply}
     if stage == "data":
         replies["final"] = None
-    result = smtp_protocol.transaction_outcome(
+    result = outcomes.transaction_outcome(
         1,
         mail=replies["mail"] or OK,
         rcpts=[("a@example.org", OK)],
