@@ -29,6 +29,7 @@ class NewEmail:
     to: Sequence[str]
     cc: Sequence[str] = ()
     bcc: Sequence[str] = ()
+    reply_to: str | None = None
     subject: str
     text: str | None = None
     html: str | None = None
@@ -87,6 +88,7 @@ def create(
         to_addresses=to,
         cc_addresses=cc,
         bcc_addresses=bcc,
+        reply_to=headers.normalize_reply_to(new.reply_to),
         subject=_subject(new.subject),
         body_text=new.text,
         body_html=new.html,
@@ -250,6 +252,7 @@ def as_dict(email: models.Email) -> dict[str, object]:
         "to": list(email.to_addresses),
         "cc": list(email.cc_addresses),
         "bcc": list(email.bcc_addresses),
+        "reply_to": email.reply_to,
         "subject": email.subject,
         "text": email.body_text,
         "html": email.body_html,

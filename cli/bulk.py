@@ -34,6 +34,9 @@ def bulk() -> None:
 )
 @click.option("--name", help="A name to recognize the operation by.")
 @click.option(
+    "--reply-to", metavar="ADDRESS", help="Where replies go (a Reply-To header on every email)."
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Show progress until the operation is done; Ctrl-C stops waiting, not the operation.",
@@ -47,6 +50,7 @@ def send(
     sender: str,
     query_text: str,
     name: str | None,
+    reply_to: str | None,
     wait: bool,
 ) -> None:
     """Validate and store a bulk operation, queue its expansion; prints its id."""
@@ -57,6 +61,7 @@ def send(
             sender_address=sender,
             query=query_text,
             name=name,
+            reply_to=reply_to,
         )
     click.echo(operation.id)
     _enqueue(operation.id)

@@ -35,6 +35,9 @@ class IsoDateTime(click.ParamType[dt.datetime]):
 priority_option = click.option(
     "--priority", type=click.Choice(["low", "normal", "high"]), help="Delivery priority."
 )
+reply_to_option = click.option(
+    "--reply-to", metavar="ADDRESS", help="Where replies go (a Reply-To header), if not to --from."
+)
 
 
 @click.group()
@@ -49,6 +52,7 @@ def email() -> None:
 @click.option("--to", multiple=True, required=True, metavar="ADDRESS")
 @click.option("--cc", multiple=True, metavar="ADDRESS")
 @click.option("--bcc", multiple=True, metavar="ADDRESS")
+@reply_to_option
 @click.option("--subject", required=True)
 @click.option("--text", type=TextFile(), help="Plain-text body from FILE, or - for stdin.")
 @click.option("--html", type=TextFile(), help="HTML body from FILE.")
@@ -61,6 +65,7 @@ def create(
     to: tuple[str, ...],
     cc: tuple[str, ...],
     bcc: tuple[str, ...],
+    reply_to: str | None,
     subject: str,
     text: str | None,
     html: str | None,
@@ -73,6 +78,7 @@ def create(
         to=to,
         cc=cc,
         bcc=bcc,
+        reply_to=reply_to,
         subject=subject,
         text=text,
         html=html,
@@ -208,8 +214,11 @@ def cancel(app: App, email_id: int) -> None:
 @click.option("--template", "template_name", required=True, metavar="N")
 @click.option("--contact", "contact_address", required=True, metavar="ADDRESS")
 @click.option("--from", "from_address", required=True, metavar="ADDRESS")
+@reply_to_option
 @pass_app
-def send_template(app: App, template_name: str, contact_address: str, from_address: str) -> None:
+def send_template(
+    app: App, template_name: str, contact_address: str, from_address: str, reply_to: str | None
+) -> None:
     """Render a template for one contact and send it; prints the new email's id."""
     with app.session() as session:
         created = sending.send_from_template(
@@ -217,6 +226,7 @@ def send_template(app: App, template_name: str, contact_address: str, from_addre
             template_name=template_name,
             contact_address=contact_address,
             from_address=from_address,
+            reply_to=reply_to,
             message_id_domain=app.settings.message_id_domain or None,
         )
     click.echo(created.id)
