@@ -159,6 +159,9 @@ def delete(app: App, email_id: int) -> None:
 @email.command(name="list")
 @click.option("--status", "status_name", metavar="NAME", help="e.g. draft, 'pending send', failed")
 @click.option("--sender", metavar="ADDRESS")
+@click.option(
+    "--to", "recipient", metavar="ADDRESS", help="Only emails to ADDRESS (to, cc or bcc; any case)."
+)
 @click.option("--operation", type=int, metavar="ID", help="Only this bulk operation's emails.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @json_option
@@ -167,6 +170,7 @@ def list_(
     app: App,
     status_name: str | None,
     sender: str | None,
+    recipient: str | None,
     operation: int | None,
     limit: int,
     as_json: bool,
@@ -180,6 +184,7 @@ def list_(
                 session,
                 status_filter=status_filter,
                 sender=sender,
+                recipient=recipient,
                 bulk_operation_id=operation,
                 limit=limit,
             )
