@@ -253,7 +253,13 @@ def list_(app: App, limit: int, as_json: bool) -> None:
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, LIST_COLUMNS, title="bulk operations")
+        output.table(
+            rows,
+            LIST_COLUMNS,
+            title="bulk operations",
+            wrap=("name",),
+            optional=("created_at", "created", "pending", "canceled", "matched"),
+        )
 
 
 @bulk.command()

@@ -88,7 +88,11 @@ def list_(app: App, query: str | None, limit: int, as_json: bool) -> None:
     else:
         columns = ["id", "email", "first_name", "last_name", "country", "tags", "attributes"]
         output.table(
-            [{**r, "opted_out": r["do_not_bulk_email"]} for r in rows], columns, title="contacts"
+            [{**r, "opted_out": r["do_not_bulk_email"]} for r in rows],
+            columns,
+            title="contacts",
+            wrap=("email", "first_name", "last_name", "tags", "attributes"),
+            optional=("attributes", "tags", "last_name", "country"),
         )
 
 

@@ -192,7 +192,13 @@ def list_(
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, LIST_COLUMNS, title="emails")
+        output.table(
+            rows,
+            LIST_COLUMNS,
+            title="emails",
+            wrap=("from", "to", "subject"),
+            optional=("delivery_attempts", "created_at", "from"),
+        )
 
 
 @email.command()
