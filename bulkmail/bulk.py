@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -34,19 +35,31 @@ _CANCELABLE = (
 )
 
 
-def send_bulk_mail(
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """A SendBulkMail request that passed every check: what an operation is stored from."""
+
+    name: str | None
+    template: models.Template
+    sender: mailboxes.Mailbox
+    query: str
+    reply_to: str | None
+
+
+def validate(
     session: orm.Session,
     *,
     template_name: str,
     sender_address: str,
     query: str,
     name: str | None = None,
-) -> models.BulkOperation:
-    """Validate a SendBulkMail request and store it as a Queued operation.
+    reply_to: str | None = None,
+) -> Request:
+    """Check a SendBulkMail request without storing anything.
 
-    The template must exist and render for a sample contact, the query must parse, and the
-    sender mailbox must exist and, when the organization requires approval, be approved. The
-    caller commits, then enqueues the expansion job for the returned operation's id.
+    The template must exist and render for a sample contact, the query must parse, the Reply-To
+    must be an address, and the sender mailbox must exist and, when the organization requires
+    approval, be approved.
     """
     label = _name(name)
     template = templates.get(session, template_name)
@@ -60,19 +73,54 @@ def send_bulk_mail(
             "fix it with `bulkmail templates update`"
         ) from error
     query_language.parse(query)
+    replies = headers.normalize_reply_to(reply_to)
     sender = mailboxes.find(session, sender_address)
     reason = mailboxes.blocked_reason(session, sender)
     if reason is not None:
         raise errors.PermissionDenied(f"cannot send bulk mail from {sender.email}: {reason}")
+    return Request(name=label, template=template, sender=sender, query=query, reply_to=replies)
+
+
+def send_bulk_mail(
+    session: orm.Session,
+    *,
+    template_name: str,
+    sender_address: str,
+    query: str,
+    name: str | None = None,
+    reply_to: str | None = None,
+) -> models.BulkOperation:
+    """Validate a SendBulkMail request and store it as a Queued operation.
+
+    The caller commits, then enqueues the expansion job for the returned operation's id.
+    """
+    request = validate(
+        session,
+        template_name=template_name,
+        sender_address=sender_address,
+        query=query,
+        name=name,
+        reply_to=reply_to,
+    )
+    return store(session, request)
+
+
+def store(
+    session: orm.Session, request: Request, *, idempotency_key: str | None = None
+) -> models.BulkOperation:
+    """Store a validated request as a Queued operation (flushed, not committed)."""
+    sender = request.sender
     now = models.utcnow()
     operation = Op(
-        name=label,
+        name=request.name,
         status=OperationStatus.QUEUED.value,
-        template_id=template.id,
+        template_id=request.template.id,
         sender_user_id=sender.id if isinstance(sender, models.SystemUser) else None,
         sender_queue_id=sender.id if isinstance(sender, models.Queue) else None,
         sender_address=sender.email,
-        query=query,
+        query=request.query,
+        reply_to=request.reply_to,
+        idempotency_key=idempotency_key,
         created_at=now,
         progressed_at=now,
     )
@@ -268,6 +316,8 @@ def as_dict(operation: models.BulkOperation) -> dict[str, object]:
         "template_id": operation.template_id,
         "sender": operation.sender_address,
         "query": operation.query,
+        "reply_to": operation.reply_to,
+        "idempotency_key": operation.idempotency_key,
         "matched": operation.matched,
         "created": operation.created,
         "skipped_opted_out": operation.skipped_opted_out,

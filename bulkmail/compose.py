@@ -38,6 +38,8 @@ class Stored(Protocol):
     @property
     def cc_addresses(self) -> list[str]: ...
     @property
+    def reply_to(self) -> str | None: ...
+    @property
     def subject(self) -> str: ...
     @property
     def body_text(self) -> str | None: ...
@@ -50,7 +52,11 @@ def messages(
 ) -> dict[int, mime.Message]:
     """The ``mime.Message`` of each email in ``rows``, by email id."""
     date = now or dt.datetime.now(dt.UTC)
-    parts = _attachments(session, rows)
+    operation_ids = sorted(
+        {row.bulk_operation_id for row in rows if row.bulk_operation_id is not None}
+    )
+    parts = _attachments(session, rows, operation_ids)
+    replies = _operation_reply_to(session, operation_ids)
     return {
         row.id: mime.Message(
             message_id=row.message_id,
@@ -59,6 +65,7 @@ def messages(
             from_name=row.from_name,
             to=tuple(row.to_addresses),
             cc=tuple(row.cc_addresses),
+            reply_to=row.reply_to or replies.get(row.bulk_operation_id),
             subject=row.subject,
             text=row.body_text,
             html=row.body_html,
@@ -74,8 +81,25 @@ def message_bytes(session: orm.Session, email_id: int) -> bytes:
     return mime.build(messages(session, [email])[email.id])
 
 
-def _attachments(session: orm.Session, rows: Sequence[Stored]) -> dict[int, list[mime.Attachment]]:
-    """Each email's attachments: its own records and its bulk operation's, in their order."""
+def _operation_reply_to(session: orm.Session, operation_ids: list[int]) -> dict[int | None, str]:
+    """The Reply-To of those of the operations that have one.
+
+    An operation's emails do not carry it (migration 0011): a batch reads it here, one primary
+    key per operation in the batch, rather than every email storing a copy.
+    """
+    if not operation_ids:
+        return {}
+    Op = models.BulkOperation
+    found = session.execute(
+        sa.select(Op.id, Op.reply_to).where(Op.id.in_(operation_ids), Op.reply_to.is_not(None))
+    )
+    return {row.id: row.reply_to for row in found}
+
+
+def _attachments(
+    session: orm.Session, rows: Sequence[Stored], operation_ids: list[int]
+) -> dict[int, list[mime.Attachment]]:
+    """Each email's attachments: its own records and its bulk operations', in their order."""
     if not rows:
         return {}
     A = models.Attachment

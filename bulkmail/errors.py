@@ -29,5 +29,9 @@ class PermissionDenied(BulkmailError, PermissionError):
     """The acting user lacks the privilege the operation needs."""
 
 
+class BrokerUnavailable(BulkmailError, ConnectionError):
+    """The message broker cannot be reached; what was stored stays stored."""
+
+
 class SchemaMissing(BulkmailError):
     """The database has no bulkmail schema, or an older one."""

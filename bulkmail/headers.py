@@ -73,6 +73,13 @@ def normalize_address(value: str, *, field: str = "address") -> str:
     return address
 
 
+def normalize_reply_to(value: str | None) -> str | None:
+    """A Reply-To address (None for none): where replies go instead of to the sender."""
+    if value is None:
+        return None
+    return normalize_address(value, field="reply-to address")
+
+
 def normalize_addresses(values: list[str], *, field: str) -> list[str]:
     """Validate a list of addresses, keeping order and dropping repeats (in any case)."""
     seen: dict[str, str] = {}

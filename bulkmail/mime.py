@@ -45,7 +45,7 @@ _QUOTABLE = re.compile(r"[ -~]{1,70}")
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _RFC2231_SAFE = "!#$&+-.^_`|~"  # attribute-chars beyond those urllib.parse.quote always keeps
 _OWNED_HEADER = re.compile(
-    r"(?i)message-id|date|from|to|cc|bcc|subject|mime-version"
+    r"(?i)message-id|date|from|to|cc|bcc|reply-to|subject|mime-version"
     r"|content-(?:type|transfer-encoding|disposition|id)"
 )
 _MAX_FILENAME = 200
@@ -75,6 +75,7 @@ class Message:
     from_name: str | None = None
     to: tuple[str, ...]
     cc: tuple[str, ...] = ()
+    reply_to: str | None = None  # a bare address, like the others
     subject: str
     text: str | None = None
     html: str | None = None
@@ -139,14 +140,16 @@ def build(message: Message, *, cache: PartCache = DEFAULT_CACHE) -> bytes:
     ]
     if message.cc:
         head.append(_fold("Cc", _address_atoms("cc", message.cc)))
+    if message.reply_to is not None:
+        head.append(_fold("Reply-To", [_address("reply-to address", message.reply_to)]))
     head.append(_unstructured("Subject", message.subject))
     head.append("MIME-Version: 1.0\r\n")
     for name, value in message.headers:
         if not _HEADER_NAME.fullmatch(name) or _OWNED_HEADER.fullmatch(name):
             raise errors.InvalidInput(
                 f"extra header name {name!r} is not allowed: use printable ASCII without ':' or "
-                "spaces, and leave Message-ID, Date, From, To, Cc, Bcc, Subject, MIME-Version "
-                "and Content-* to the builder"
+                "spaces, and leave Message-ID, Date, From, To, Cc, Bcc, Reply-To, Subject, "
+                "MIME-Version and Content-* to the builder"
             )
         head.append(_unstructured(name, value))
 
@@ -173,6 +176,7 @@ def needs_smtputf8(message: Message) -> bool:
         ("from address", message.from_address),
         *(("to", a) for a in message.to),
         *(("cc", a) for a in message.cc),
+        *(("reply-to address", a) for a in (message.reply_to,) if a is not None),
     ]
     return not all(_address(field, a).isascii() for field, a in addresses)
 

@@ -213,6 +213,8 @@ class Email(Base):
     bcc_addresses: orm.Mapped[list[str]] = orm.mapped_column(
         Json, default=list, server_default=sa.text("'[]'")
     )
+    # A bulk operation's emails leave it empty: theirs is the operation's (migration 0011).
+    reply_to: orm.Mapped[str | None] = orm.mapped_column(sa.String(320))
     subject: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
     body_html: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     body_text: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
@@ -403,6 +405,8 @@ class BulkOperation(Base):
         ),
         # The reconciler: operations waiting or expanding, by their last progress.
         sa.Index("ix_bulk_operations_status_progressed_at", "status", "progressed_at"),
+        # A retried submission finds its first operation (``bulk send --idempotency-key``).
+        sa.Index("uq_bulk_operations_idempotency_key", "idempotency_key", unique=True),
     )
 
     id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
@@ -419,6 +423,9 @@ class BulkOperation(Base):
     )
     sender_address: orm.Mapped[str] = orm.mapped_column(sa.String(320))
     query: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    # Every email of the operation carries it; the message builder reads it from here.
+    reply_to: orm.Mapped[str | None] = orm.mapped_column(sa.String(320))
+    idempotency_key: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
     # Contacts are expanded in id order; every contact up to this id has been handled.
     checkpoint: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
     matched: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)

@@ -79,6 +79,7 @@ class ClaimedEmail(NamedTuple):
     delivery_attempts: int  # this attempt included
     created_at: dt.datetime  # aware; on PostgreSQL in the session's time zone
     sent_at: dt.datetime | None
+    reply_to: str | None  # a bulk operation's emails have none: theirs is the operation's
     to_addresses: list[str]
     cc_addresses: list[str]
     bcc_addresses: list[str]

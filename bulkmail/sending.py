@@ -15,6 +15,7 @@ def send_from_template(
     template_name: str,
     contact_address: str,
     from_address: str,
+    reply_to: str | None = None,
     message_id_domain: str | None = None,
 ) -> models.Email:
     """Render ``template_name`` for the contact, store the email with the template's
@@ -31,6 +32,7 @@ def send_from_template(
         emails.NewEmail(
             from_address=sender.email,
             to=[contact.email],
+            reply_to=reply_to,
             subject="",
             regarding_contact_id=contact.id,
             template_id=template.id,

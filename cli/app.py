@@ -33,6 +33,10 @@ class App:
 
 pass_app = click.make_pass_decorator(App)
 
+# Exit codes (the README's CLI reference): 0 all done; 1 an error, one line on stderr; 2 a usage
+# error (click); 3 done, but part of it failed or was rejected, as the output says.
+EXIT_INCOMPLETE = 3
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 cancel_wait_option = click.option(

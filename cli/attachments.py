@@ -100,7 +100,13 @@ def list_(app: App, email_id: int | None, template_name: str | None, as_json: bo
             "mime_type",
             "content_id",
         ]
-        output.table(rows, columns, title="attachments")
+        output.table(
+            rows,
+            columns,
+            title="attachments",
+            wrap=("file_name", "mime_type", "content_id"),
+            optional=("content_id", "attachment_id", "mime_type"),
+        )
 
 
 @attachments.command()

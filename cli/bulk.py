@@ -1,4 +1,4 @@
-"""``bulkmail bulk``: SendBulkMail operations: send, follow, cancel, retry, reconcile."""
+"""``bulkmail bulk``: SendBulkMail operations: send (or try), follow, cancel, retry, reconcile."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bulkmail import bulk as operations
-from bulkmail import contacts, models
+from bulkmail import contacts, errors, models, submission
+from bulkmail.models import OperationStatus
 from cli import output
-from cli.app import App, cancel_wait_option, json_option, pass_app
+from cli.app import EXIT_INCOMPLETE, App, cancel_wait_option, json_option, pass_app
 
 LIST_COLUMNS = ["id", "name", "status", "matched", "created", "pending", "sent", "failed"]
 LIST_COLUMNS += ["canceled", "created_at"]
@@ -34,10 +35,27 @@ def bulk() -> None:
 )
 @click.option("--name", help="A name to recognize the operation by.")
 @click.option(
+    "--reply-to", metavar="ADDRESS", help="Where replies go (a Reply-To header on every email)."
+)
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="Sent again with the same KEY, the request returns the first operation, stored once.",
+)
+@click.option(
+    "--allow-empty", is_flag=True, help="Store the operation even if nobody would get an email."
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the request, count recipients, render one sample; store nothing.",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Show progress until the operation is done; Ctrl-C stops waiting, not the operation.",
 )
+@json_option
 @pass_app
 @click.pass_context
 def send(
@@ -47,29 +65,116 @@ def send(
     sender: str,
     query_text: str,
     name: str | None,
+    reply_to: str | None,
+    idempotency_key: str | None,
+    allow_empty: bool,
+    dry_run: bool,
     wait: bool,
+    as_json: bool,
 ) -> None:
-    """Validate and store a bulk operation, queue its expansion; prints its id."""
-    with app.session() as session:
-        operation = operations.send_bulk_mail(
-            session,
-            template_name=template_name,
-            sender_address=sender,
-            query=query_text,
-            name=name,
-        )
-    click.echo(operation.id)
-    _enqueue(operation.id)
-    if wait:
-        try:
-            _follow(app, operation.id)
-        except KeyboardInterrupt:
-            click.echo(
-                f"stopped waiting; bulk operation {operation.id} goes on "
-                f"(`bulkmail bulk status {operation.id}`)",
-                err=True,
+    """Validate and store a bulk operation, queue its expansion; prints its id.
+
+    With --wait, exits 3 when emails failed or the operation ended Failed or Canceled.
+    """
+    asked = submission.Asked(
+        template_name=template_name,
+        sender_address=sender,
+        query=query_text,
+        name=name,
+        reply_to=reply_to,
+    )
+    if dry_run:
+        if wait or idempotency_key is not None:
+            raise click.UsageError(
+                "--dry-run stores nothing: it takes no --wait or --idempotency-key"
             )
-            ctx.exit(130)
+        with app.session() as session:
+            preview = submission.dry_run(
+                session, asked, message_id_domain=app.settings.message_id_domain or None
+            )
+        if as_json:
+            output.emit_json(submission.as_dict(preview))
+        else:
+            _print_dry_run(preview)
+        return
+    if as_json and wait:
+        raise click.UsageError("--json prints the stored operation; follow it with `bulk wait ID`")
+    with app.session() as session:
+        submitted = submission.submit(
+            session, asked, idempotency_key=idempotency_key, allow_empty=allow_empty
+        )
+    operation = submitted.operation
+    if as_json:
+        output.emit_json({**operations.as_dict(operation), "created": submitted.created})
+    else:
+        click.echo(operation.id)
+    if not submitted.created:
+        click.echo(
+            f"bulk operation {operation.id} was stored by an earlier request with this "
+            f"idempotency key; nothing new was stored (it is {operation.status})",
+            err=True,
+        )
+    if submitted.created or operation.current_status is OperationStatus.QUEUED:
+        try:
+            _enqueue(operation.id)
+        except errors.BrokerUnavailable as error:
+            # Stored is stored: exiting non-zero would invite a retry that sends it twice.
+            click.echo(f"Warning: {error}", err=True)
+    if wait:
+        _wait(ctx, app, operation.id)
+
+
+def _print_dry_run(preview: submission.DryRun) -> None:
+    reached = preview.audience
+    counts = {
+        "matched": reached.matched,
+        "recipients": reached.recipients,
+        "skipped, opted out of bulk email": reached.skipped_opted_out,
+        "skipped, no address": reached.skipped_no_address,
+    }
+    click.echo("dry run: nothing was stored")
+    for label, count in counts.items():
+        click.echo(f"{label:<34}{count:>10,}")
+    sample = preview.sample
+    if sample is None:
+        click.echo("nobody would get an email")
+        return
+    click.echo(f"\nthe email to contact {sample.contact_id}:")
+    if sample.error is not None:
+        click.echo(f"none: it would fail, {sample.error}")
+        return
+    heads = [f"From: {sample.from_name} <{sample.from_address}>", f"To: {sample.to}"]
+    if sample.reply_to is not None:
+        heads.append(f"Reply-To: {sample.reply_to}")
+    heads.append(f"Subject: {sample.subject}")
+    click.echo("\n".join(heads))
+    click.echo(f"\n--- text ---\n{sample.text}\n--- html ---\n{sample.html}")
+
+
+@bulk.command(name="wait")
+@click.argument("operation_id", type=int, metavar="ID")
+@pass_app
+@click.pass_context
+def wait_(ctx: click.Context, app: App, operation_id: int) -> None:
+    """Show an operation's progress until it is done.
+
+    Exits 3 when emails failed, or the operation ended Failed or Canceled.
+    """
+    _wait(ctx, app, operation_id)
+
+
+def _wait(ctx: click.Context, app: App, operation_id: int) -> None:
+    try:
+        operation = _follow(app, operation_id)
+    except KeyboardInterrupt:
+        click.echo(
+            f"stopped waiting; bulk operation {operation_id} goes on "
+            f"(`bulkmail bulk status {operation_id}`)",
+            err=True,
+        )
+        ctx.exit(130)
+    if operation.failed or operation.current_status is not OperationStatus.COMPLETED:
+        ctx.exit(EXIT_INCOMPLETE)
 
 
 def _enqueue(operation_id: int) -> None:
@@ -80,7 +185,7 @@ def _enqueue(operation_id: int) -> None:
     tasks.enqueue_expansion(operation_id)
 
 
-def _follow(app: App, operation_id: int) -> None:
+def _follow(app: App, operation_id: int) -> models.BulkOperation:
     """Progress bars for expansion and delivery until the operation is done."""
     with app.session() as session:
         recipients = contacts.count(session, operations.get(session, operation_id).query)
@@ -111,6 +216,7 @@ def _follow(app: App, operation_id: int) -> None:
                 break
             time.sleep(POLL_SECONDS)
     click.echo(_summary(operation))
+    return operation
 
 
 def _summary(operation: models.BulkOperation) -> str:
@@ -147,7 +253,13 @@ def list_(app: App, limit: int, as_json: bool) -> None:
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, LIST_COLUMNS, title="bulk operations")
+        output.table(
+            rows,
+            LIST_COLUMNS,
+            title="bulk operations",
+            wrap=("name",),
+            optional=("created_at", "created", "pending", "canceled", "matched"),
+        )
 
 
 @bulk.command()

@@ -10,7 +10,7 @@ import click
 from bulkmail import contacts as domain
 from bulkmail import importer
 from cli import output
-from cli.app import App, json_option, pass_app
+from cli.app import EXIT_INCOMPLETE, App, json_option, pass_app
 
 # --json lists this many bad rows (the count covers them all): the output stays a sane size.
 MAX_JSON_REJECTIONS = 1_000
@@ -88,7 +88,11 @@ def list_(app: App, query: str | None, limit: int, as_json: bool) -> None:
     else:
         columns = ["id", "email", "first_name", "last_name", "country", "tags", "attributes"]
         output.table(
-            [{**r, "opted_out": r["do_not_bulk_email"]} for r in rows], columns, title="contacts"
+            [{**r, "opted_out": r["do_not_bulk_email"]} for r in rows],
+            columns,
+            title="contacts",
+            wrap=("email", "first_name", "last_name", "tags", "attributes"),
+            optional=("attributes", "tags", "last_name", "country"),
         )
 
 
@@ -106,12 +110,14 @@ def count(app: App, query: str | None) -> None:
 @click.option("--strict", is_flag=True, help="Stop at the first bad row and import nothing.")
 @json_option
 @pass_app
-def import_(app: App, file: Path, strict: bool, as_json: bool) -> None:
+@click.pass_context
+def import_(ctx: click.Context, app: App, file: Path, strict: bool, as_json: bool) -> None:
     """Import contacts from a CSV file with a header row, updating those already stored.
 
     Columns email, first_name, last_name, company, country, language, tags (separated by ;)
     and do_not_bulk_email are contact fields; any other column is an attribute. Bad rows are
-    reported on stderr with their line number and skipped (with --strict: nothing is imported).
+    reported on stderr with their line number and skipped, and the command exits 3 (with
+    --strict: nothing is imported, exit 1).
     """
     reported: list[dict[str, object]] = []
 
@@ -125,9 +131,11 @@ def import_(app: App, file: Path, strict: bool, as_json: bool) -> None:
         result = importer.import_file(session, file, strict=strict, on_rejected=rejected)
     if as_json:
         output.emit_json({**dataclasses.asdict(result), "rejections": reported})
-        return
-    click.echo(
-        f"{result.rows} rows: {result.inserted} inserted, {result.updated} updated, "
-        f"{result.unchanged} unchanged, {result.duplicates} duplicates (a later row won), "
-        f"{result.rejected} rejected"
-    )
+    else:
+        click.echo(
+            f"{result.rows} rows: {result.inserted} inserted, {result.updated} updated, "
+            f"{result.unchanged} unchanged, {result.duplicates} duplicates (a later row won), "
+            f"{result.rejected} rejected"
+        )
+    if result.rejected:
+        ctx.exit(EXIT_INCOMPLETE)

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cli.app import EXIT_INCOMPLETE
 from workers import demo as demo_run
 
 
@@ -68,4 +69,4 @@ def demo(contacts: int, smtp_url: str | None) -> None:
         console.print(f"  {command}", highlight=False)
     if not summary.ok:
         click.echo(f"Error: {summary.missing} emails did not arrive", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_INCOMPLETE)

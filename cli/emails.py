@@ -35,6 +35,9 @@ class IsoDateTime(click.ParamType[dt.datetime]):
 priority_option = click.option(
     "--priority", type=click.Choice(["low", "normal", "high"]), help="Delivery priority."
 )
+reply_to_option = click.option(
+    "--reply-to", metavar="ADDRESS", help="Where replies go (a Reply-To header), if not to --from."
+)
 
 
 @click.group()
@@ -49,6 +52,7 @@ def email() -> None:
 @click.option("--to", multiple=True, required=True, metavar="ADDRESS")
 @click.option("--cc", multiple=True, metavar="ADDRESS")
 @click.option("--bcc", multiple=True, metavar="ADDRESS")
+@reply_to_option
 @click.option("--subject", required=True)
 @click.option("--text", type=TextFile(), help="Plain-text body from FILE, or - for stdin.")
 @click.option("--html", type=TextFile(), help="HTML body from FILE.")
@@ -61,6 +65,7 @@ def create(
     to: tuple[str, ...],
     cc: tuple[str, ...],
     bcc: tuple[str, ...],
+    reply_to: str | None,
     subject: str,
     text: str | None,
     html: str | None,
@@ -73,6 +78,7 @@ def create(
         to=to,
         cc=cc,
         bcc=bcc,
+        reply_to=reply_to,
         subject=subject,
         text=text,
         html=html,
@@ -153,6 +159,9 @@ def delete(app: App, email_id: int) -> None:
 @email.command(name="list")
 @click.option("--status", "status_name", metavar="NAME", help="e.g. draft, 'pending send', failed")
 @click.option("--sender", metavar="ADDRESS")
+@click.option(
+    "--to", "recipient", metavar="ADDRESS", help="Only emails to ADDRESS (to, cc or bcc; any case)."
+)
 @click.option("--operation", type=int, metavar="ID", help="Only this bulk operation's emails.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @json_option
@@ -161,6 +170,7 @@ def list_(
     app: App,
     status_name: str | None,
     sender: str | None,
+    recipient: str | None,
     operation: int | None,
     limit: int,
     as_json: bool,
@@ -174,6 +184,7 @@ def list_(
                 session,
                 status_filter=status_filter,
                 sender=sender,
+                recipient=recipient,
                 bulk_operation_id=operation,
                 limit=limit,
             )
@@ -181,7 +192,13 @@ def list_(
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, LIST_COLUMNS, title="emails")
+        output.table(
+            rows,
+            LIST_COLUMNS,
+            title="emails",
+            wrap=("from", "to", "subject"),
+            optional=("delivery_attempts", "created_at", "from"),
+        )
 
 
 @email.command()
@@ -223,8 +240,11 @@ def cancel(app: App, email_id: int, wait: float) -> None:
 @click.option("--template", "template_name", required=True, metavar="N")
 @click.option("--contact", "contact_address", required=True, metavar="ADDRESS")
 @click.option("--from", "from_address", required=True, metavar="ADDRESS")
+@reply_to_option
 @pass_app
-def send_template(app: App, template_name: str, contact_address: str, from_address: str) -> None:
+def send_template(
+    app: App, template_name: str, contact_address: str, from_address: str, reply_to: str | None
+) -> None:
     """Render a template for one contact and send it; prints the new email's id."""
     with app.session() as session:
         created = sending.send_from_template(
@@ -232,6 +252,7 @@ def send_template(app: App, template_name: str, contact_address: str, from_addre
             template_name=template_name,
             contact_address=contact_address,
             from_address=from_address,
+            reply_to=reply_to,
             message_id_domain=app.settings.message_id_domain or None,
         )
     click.echo(created.id)

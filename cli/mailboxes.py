@@ -45,7 +45,13 @@ def list_users(app: App, as_json: bool) -> None:
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, [*COLUMNS, "privileges"], title="users")
+        output.table(
+            rows,
+            [*COLUMNS, "privileges"],
+            title="users",
+            wrap=("name", "email", "privileges"),
+            optional=("privileges",),
+        )
 
 
 @click.group()
@@ -74,7 +80,7 @@ def list_queues(app: App, as_json: bool) -> None:
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, COLUMNS, title="queues")
+        output.table(rows, COLUMNS, title="queues", wrap=("name", "email"))
 
 
 @click.group()

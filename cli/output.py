@@ -1,12 +1,15 @@
-"""Printing: rich tables for people, JSON for scripts."""
+"""Printing: rich tables for people (fitted to the terminal), JSON for scripts."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import click
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -25,18 +28,70 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str], *, title: str) -> None:
-    """Print ``rows`` as a table of ``columns``; an empty list says so instead."""
+def _list_cell(column: str, value: object) -> str:
+    """A cell of a list table: times to the minute in UTC (``--json`` has them in full)."""
+    if column.endswith("_at") and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            moment = dt.datetime.fromisoformat(value).astimezone(dt.UTC)
+            return moment.strftime("%Y-%m-%d %H:%MZ")
+    return _cell(value)
+
+
+# Narrower than this, a column of wrapped text is more line breaks than text.
+_WRAP_MIN = 18
+
+
+def table(
+    rows: Sequence[Mapping[str, object]],
+    columns: Sequence[str],
+    *,
+    title: str,
+    wrap: Collection[str] = (),
+    optional: Sequence[str] = (),
+) -> None:
+    """Print ``rows`` as a table of ``columns``; an empty list says so instead.
+
+    The table fits the terminal: ``wrap`` columns (free text) wrap inside the column, the others
+    never do; when that is not enough, ``optional`` columns are left out, in their order, and a
+    line says which (``--json`` has every field). Times are shown to the minute, in UTC.
+    """
     console = Console()
     if not rows:
         console.print(f"no {title}")
         return
-    grid = Table(title=title)
+    cells = {column: [_list_cell(column, row.get(column)) for row in rows] for column in columns}
+    least = {}
     for column in columns:
-        grid.add_column(column)
-    for row in rows:
-        grid.add_row(*(_cell(row.get(column)) for column in columns), end_section=False)
+        widest = max(cell_len(line) for text in (column, *cells[column]) for line in _lines(text))
+        least[column] = min(widest, _WRAP_MIN) if column in wrap else widest
+    shown = list(columns)
+    for column in optional:
+        if _fits(least, shown, console.width):
+            break
+        shown.remove(column)
+    # Too narrow even so: the wrapped columns give up their minimum before the table is cut.
+    roomy = _fits(least, shown, console.width)
+    grid = Table(title=title)
+    for column in shown:
+        if column in wrap:
+            grid.add_column(column, overflow="fold", min_width=least[column] if roomy else None)
+        else:
+            grid.add_column(column, no_wrap=True)
+    for index in range(len(rows)):
+        grid.add_row(*(cells[column][index] for column in shown), end_section=False)
     console.print(grid)
+    hidden = [column for column in columns if column not in shown]
+    if hidden:
+        console.print(f"not shown: {', '.join(hidden)} (see --json)")
+
+
+def _fits(widths: Mapping[str, int], columns: Sequence[str], room: int) -> bool:
+    # Each column takes its width, a space either side and one border; one more border.
+    return sum(widths[column] + 3 for column in columns) + 1 <= room
+
+
+def _lines(text: str) -> list[str]:
+    return text.splitlines() or [""]
 
 
 def record(data: Mapping[str, object], *, title: str) -> None:

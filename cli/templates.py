@@ -69,7 +69,13 @@ def list_(app: App, as_json: bool) -> None:
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, ["id", "name", "subject", "modified_at"], title="templates")
+        output.table(
+            rows,
+            ["id", "name", "subject", "modified_at"],
+            title="templates",
+            wrap=("name", "subject"),
+            optional=("modified_at",),
+        )
 
 
 @templates.command()

@@ -91,7 +91,8 @@ def enqueue_expansion(operation_id: int) -> None:
     try:
         expand.delay(operation_id)
     except kombu_errors.OperationalError as error:
-        raise errors.BulkmailError(
+        raise errors.BrokerUnavailable(
             f"bulk operation {operation_id} is stored, but the broker cannot be reached ({error});"
-            " the reconciler queues it once the broker is back, or run `bulkmail bulk reconcile`"
+            " the reconciler will start it when the broker is back (or run `bulkmail bulk "
+            "reconcile` then)"
         ) from error

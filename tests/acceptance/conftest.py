@@ -24,11 +24,11 @@ class Result:
 class Cli:
     database_url: str
     cwd: Path
-    env: dict[str, str] = field(default_factory=dict)  # more BULKMAIL_* settings
+    env: dict[str, str] = field(default_factory=dict)  # more settings (BULKMAIL_*, COLUMNS)
 
     def __call__(self, *args: str, stdin: str | None = None) -> Result:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
-        env.update(BULKMAIL_DATABASE_URL=self.database_url, COLUMNS="200", **self.env)
+        env.update({"BULKMAIL_DATABASE_URL": self.database_url, "COLUMNS": "200", **self.env})
         done = subprocess.run(
             [str(BULKMAIL), *args],
             input=stdin,

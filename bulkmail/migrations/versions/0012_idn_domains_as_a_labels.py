@@ -12,8 +12,8 @@ as it is and named in a warning: merge or delete one of the two.
 Only addresses holding a non-ASCII character can change; they are picked out in Python, one
 pass over each table's addresses.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-06
 """
 
@@ -25,8 +25,8 @@ import idna
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
