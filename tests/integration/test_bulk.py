@@ -502,6 +502,7 @@ def test_a_blocked_sender_fails_the_emails_at_claim_and_completes_the_operation(
     op = operation(setup, operation_id)
     assert (op.current_status, op.failed, op.pending) == (OperationStatus.COMPLETED, 4, 0)
 
+
 def test_one_batch_holding_emails_of_several_operations_and_single_sends(
     setup: sa.Engine,
 ) -> None:
