@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bulkmail import embedded
 from tests import servers
 
 BULKMAIL = Path(sys.executable).with_name("bulkmail")
@@ -60,6 +61,14 @@ class Cli:
         if code == 1:
             assert len(lines) == 1, result.err
         return result.err.strip()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """A working directory for commands run without BULKMAIL_DATABASE_URL: the embedded
+    PostgreSQL they start there is stopped after the test, whatever happened."""
+    yield tmp_path
+    embedded.stop(tmp_path / ".bulkmail" / "postgres", immediate=True)
 
 
 @pytest.fixture

