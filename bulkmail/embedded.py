@@ -60,13 +60,8 @@ class Server:
     socket_dir: Path
     host: str | None  # the TCP address it listens on; None: the Unix socket only
 
-    def url(self, database: str = DATABASE, *, tcp: bool = False) -> str:
-        """The SQLAlchemy URL of ``database``: over the Unix socket, or TCP when ``tcp``."""
-        if tcp:
-            if self.host is None:
-                raise ValueError(f"the server in {self.data} does not listen on TCP")
-            host = f"[{self.host}]" if ":" in self.host else self.host
-            return f"postgresql+psycopg://{USER}@{host}:{self.port}/{database}"
+    def url(self, database: str = DATABASE) -> str:
+        """The SQLAlchemy URL of ``database``, over the Unix socket."""
         query = {"host": str(self.socket_dir)}
         if self.port != PORT:
             query["port"] = str(self.port)
@@ -240,6 +235,10 @@ def _prepare(data: Path, binaries: Path) -> _Account | None:
     except OSError as error:
         raise Unavailable(f"cannot create {data}: {error.strerror}; {_FIX}") from None
     if os.geteuid() != 0:
+        if not os.access(data, os.R_OK | os.W_OK | os.X_OK):
+            raise Unavailable(
+                f"{data} belongs to another user; run bulkmail as its owner, or {_FIX}"
+            )
         return None
     if data.stat().st_uid == 0:
         account = _system_user()
