@@ -35,8 +35,10 @@ test: install bytecode services lint
 demo: bytecode
 	$(BIN)/bulkmail demo
 
-# Not part of `make test`: minutes of full load. BENCH_SCALE=0.1 for a quick look.
-bench: bytecode services
+# Not part of `make test`: minutes of full load. BENCH_SCALE=0.1 for a quick look. Runs on the
+# machine's PostgreSQL (127.0.0.1:5432, or BULKMAIL_TEST_PG), started here when down.
+bench: bytecode
+	bash .ci/services postgres
 	$(BIN)/python tests/bench/run_all.py
 
 clean:

@@ -15,7 +15,77 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc, orm
 from sqlalchemy.engine import make_url
 
-from bulkmail import errors
+from bulkmail import embedded, errors, settings
+
+
+def database_url(config: settings.Settings) -> str:
+    """The database of this process: ``BULKMAIL_DATABASE_URL``, or else the embedded PostgreSQL
+    of the working directory, started if it is not running; its database is migrated when it is
+    created, so the first command on a fresh folder just works."""
+    external = external_url(config)
+    if external is not None:
+        return external
+    return embedded.start(embedded.default_folder(), on_create=_migrate).url()
+
+
+def external_url(config: settings.Settings) -> str | None:
+    """``BULKMAIL_DATABASE_URL`` with the driver bulkmail uses, or None when it is unset.
+
+    Users paste ``postgres://`` and ``postgresql://`` URLs; both mean psycopg 3 here.
+    """
+    if not config.database_url:
+        return None
+    try:
+        url = make_url(config.database_url)
+    except (exc.ArgumentError, ValueError):
+        # Its text may hold a password: it is not repeated.
+        raise errors.InvalidInput(
+            "BULKMAIL_DATABASE_URL is not a URL; write postgresql://user:password@host:5432/db "
+            "(percent-encode @ : / in the password) or unset it for the embedded PostgreSQL"
+        ) from None
+    if url.host is not None and "@" in url.host:
+        # A password holding a bare @ splits wrongly: part of it would show as the host.
+        raise errors.InvalidInput(
+            "BULKMAIL_DATABASE_URL holds an @ that is not percent-encoded (in the password?); "
+            "write it as %40"
+        )
+    if url.get_backend_name() not in ("postgres", "postgresql"):
+        raise errors.InvalidInput(
+            f"BULKMAIL_DATABASE_URL is a {url.get_backend_name()} URL; bulkmail needs "
+            "PostgreSQL (postgresql://user:password@host:5432/db), or unset it for the "
+            "embedded PostgreSQL"
+        )
+    return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def describe(config: settings.Settings) -> dict[str, object]:
+    """Where this process's database is, for people: an external URL (without its password), or
+    the embedded server's folder, whether it runs, its pid and URL. Starts nothing."""
+    external = external_url(config)
+    if external is not None:
+        shown = make_url(external).render_as_string(hide_password=True)
+        return {"database": "external", "url": shown}
+    state = embedded.status(embedded.default_folder())
+    server = state.server
+    return {
+        "database": "embedded",
+        "data": str(state.data),
+        "initialized": state.initialized,
+        "running": server is not None,
+        "pid": None if server is None else server.pid,
+        "url": None if server is None else server.url(),
+    }
+
+
+def _migrate(url: str) -> None:
+    # Imported here: Alembic adds half a second to a command, and only a new database needs it.
+    from bulkmail import migrate
+
+    engine = make_engine(url, poolclass=sa.NullPool)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
 
 
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:

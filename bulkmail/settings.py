@@ -16,9 +16,10 @@ PREFIX = "BULKMAIL_"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
 
-    database_url: str = Field(
-        default="sqlite:///bulkmail.db",
-        description="SQLAlchemy URL of the database; PostgreSQL: postgresql+psycopg://...",
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:password@host:5432/db); unset: the "
+        "embedded PostgreSQL of the working directory (bulkmail.db.database_url resolves it)",
     )
     broker_url: str = Field(
         default="memory://",

@@ -27,7 +27,10 @@ def notify(session: orm.Session) -> None:
 def conninfo(database_url: str) -> str:
     """A libpq URL for LISTEN."""
     url = make_url(database_url)
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    # The arguments SQLAlchemy's engine connects with, as libpq reads them: a URL rendered
+    # again would write a space in a socket folder as "+", which libpq takes literally.
+    _, arguments = url.get_dialect()().create_connect_args(url)
+    return psycopg.conninfo.make_conninfo(**arguments)
 
 
 @contextlib.asynccontextmanager

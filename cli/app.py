@@ -22,7 +22,7 @@ class App:
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = db.make_engine(self.settings.database_url)
+            self._engine = db.make_engine(db.database_url(self.settings))
         return self._engine
 
     @contextlib.contextmanager

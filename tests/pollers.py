@@ -3,12 +3,13 @@ them, and wait for a condition while they run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,24 @@ def spawn(database_url: str, smtp_url: str, log: Path, *args: str, **env: str) -
             stderr=subprocess.STDOUT,
         )
     return Poller(process, log)
+
+
+@contextlib.contextmanager
+def started(database_url: str, folder: Path) -> Iterator[Callable[..., Poller]]:
+    """A function that starts pollers on ``database_url`` (logs in ``folder``); every one is
+    killed when the block ends."""
+    running: list[Poller] = []
+
+    def start(smtp_url: str, *args: str, **env: str) -> Poller:
+        log = folder / f"poller-{len(running)}.log"
+        running.append(spawn(database_url, smtp_url, log, *args, **env))
+        return running[-1]
+
+    try:
+        yield start
+    finally:
+        for poller in running:
+            kill(poller)
 
 
 def kill(poller: Poller) -> None:

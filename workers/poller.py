@@ -82,7 +82,7 @@ class Config:
             max_lifetime=dt.timedelta(seconds=config.max_lifetime_seconds),
         )
         base = cls(
-            database_url=config.database_url,
+            database_url=db.database_url(config),
             smtp_url=config.smtp_url,
             policy=policy,
             rate_limit=config.smtp_rate_limit,

@@ -51,7 +51,7 @@ def expand(operation_id: int) -> None:
     """Expand one bulk operation (from its checkpoint on)."""
     config = settings.load()
     status = expansion.expand(
-        _engine(config.database_url),
+        _engine(db.database_url(config)),
         operation_id,
         batch_size=config.expansion_batch,
         message_id_domain=config.message_id_domain or None,
@@ -66,7 +66,7 @@ def expand(operation_id: int) -> None:
 def reconcile() -> None:
     """Queue again the bulk operations whose expansion made no progress for a while."""
     config = settings.load()
-    with db.session_scope(_engine(config.database_url)) as session:
+    with db.session_scope(_engine(db.database_url(config))) as session:
         stale = bulk.reconcile(
             session, stale_after=dt.timedelta(seconds=config.reconcile_stale_after)
         )
@@ -80,7 +80,7 @@ def reap() -> None:
     """Return emails whose sending worker's lease expired to Pending Send."""
     config = settings.load()
     policy = poller.Config.from_settings(config).policy
-    with db.session_scope(_engine(config.database_url)) as session:
+    with db.session_scope(_engine(db.database_url(config))) as session:
         returned = outbox.reap(session, policy=policy)
     if returned:
         logger.warning("returned %s emails with expired leases", returned)

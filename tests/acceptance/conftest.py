@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from bulkmail import embedded
+from tests import servers
 
 BULKMAIL = Path(sys.executable).with_name("bulkmail")
 
@@ -22,13 +26,15 @@ class Result:
 
 @dataclass(frozen=True)
 class Cli:
-    database_url: str
+    database_url: str | None  # None: the embedded PostgreSQL of ``cwd``
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)  # more settings (BULKMAIL_*, COLUMNS)
 
     def __call__(self, *args: str, stdin: str | None = None) -> Result:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
-        env.update({"BULKMAIL_DATABASE_URL": self.database_url, "COLUMNS": "200", **self.env})
+        env.update({"COLUMNS": "200", **self.env})
+        if self.database_url is not None:
+            env.update(BULKMAIL_DATABASE_URL=self.database_url)
         done = subprocess.run(
             [str(BULKMAIL), *args],
             input=stdin,
@@ -58,14 +64,18 @@ class Cli:
 
 
 @pytest.fixture
-def fresh_pg_url(pg_template: str) -> str:
-    """A new, empty PostgreSQL database: `bulkmail db upgrade` has not run on it."""
-    from tests.conftest import _admin, _pg_url
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """A working directory for commands run without BULKMAIL_DATABASE_URL: the embedded
+    PostgreSQL they start there is stopped after the test, whatever happened."""
+    yield tmp_path
+    embedded.stop(tmp_path / ".bulkmail" / "postgres", immediate=True)
 
-    name = f"bulkmail_a_{os.getpid()}_{os.urandom(4).hex()}"
-    _admin(f"CREATE DATABASE {name}")
-    yield _pg_url(name)  # type: ignore[misc]
-    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+@pytest.fixture
+def fresh_pg_url(postgres: servers.Postgres) -> Iterator[str]:
+    """A new, empty PostgreSQL database: `bulkmail db upgrade` has not run on it."""
+    with postgres.database("bulkmail_a") as name:
+        yield postgres.url(name)
 
 
 @pytest.fixture

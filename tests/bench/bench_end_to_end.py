@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,6 +37,10 @@ from bench_post_office import reference as post_office_reference
 from bench_send import BULKMAIL, PeakRss, free_port, fresh_database, smtp_sink
 
 from bulkmail import bulk, db, mailboxes, templates
+
+# A script's sys.path holds only its own folder; tests.servers lives at the repository's root.
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+from tests import servers
 
 
 def prepare(url: str, n: int) -> None:
@@ -79,14 +84,14 @@ def run(n: int, poller_count: int) -> dict[str, object]:
         prepare(url, n)
         port = free_port()
         engine = db.make_engine(url)
-        with smtp_sink(port):
-            worker = start_worker(url, 5_000, Path(scratch) / "worker.log")
+        with smtp_sink(port), servers.own_redis() as broker:
+            worker = start_worker(url, broker.url(), 5_000, Path(scratch) / "worker.log")
             try:
                 with pollers(url, port, poller_count, Path(scratch) / "pollers.log") as pids:
                     pool = pool_process(worker)
                     sampler = PeakRss([worker.pid, pool, *pids])
                     started = time.perf_counter()
-                    operation_id = submit(engine, url)
+                    operation_id = submit(engine, url, broker.url())
                     while True:
                         with db.session_scope(engine) as session:
                             op = bulk.get(session, operation_id)

@@ -3,7 +3,7 @@
 Creates a fresh database next to the one named by BULKMAIL_TEST_PG (default
 postgresql://postgres@127.0.0.1:5432/postgres) with --n contacts (default 1,000,000; 2% opted out
 of bulk email), a 2 KB template (HTML and text parts, eight variables) with one 100 KB attachment,
-starts ``celery -A workers worker`` (prefork, one pool process) on a Redis database of its own,
+starts ``celery -A workers worker`` (prefork, one pool process) on a ``redis-server`` of its own,
 submits one operation to every contact, waits for the expansion, and drops the database.
 
 The rate is the emails written divided by the time from the operation's start to the end of its
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import psycopg
-import redis
 import sqlalchemy as sa
 from bench_post_office import reference as post_office_reference
 from bench_send import CpuTime
@@ -35,9 +34,11 @@ from bench_send import CpuTime
 from bulkmail import attachments, bulk, db, mailboxes, migrate, settings, templates
 from workers import celery_app
 
+# A script's sys.path holds only its own folder; tests.servers lives at the repository's root.
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+from tests import servers
+
 PG_ADMIN = os.environ.get("BULKMAIL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-# A database of its own: the tests use 11 (expansion faults) and 12 (the SMTP rate limit).
-BROKER = "redis://127.0.0.1:6379/14"
 CELERY = Path(sys.executable).with_name("celery")
 SUBJECT = "{{ contact.first_name }}, your {{ contact.attributes.plan }} plan this autumn"
 PARAGRAPH = (
@@ -104,11 +105,11 @@ def seed_contacts(engine: sa.Engine, n: int, *, opted_out_every: int) -> None:
         )
 
 
-def start_worker(url: str, batch: int, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(url: str, broker: str, batch: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
     env |= {
         "BULKMAIL_DATABASE_URL": url,
-        "BULKMAIL_BROKER_URL": BROKER,
+        "BULKMAIL_BROKER_URL": broker,
         "BULKMAIL_EXPANSION_BATCH": str(batch),
     }
     command = [str(CELERY), "-A", "workers", "worker", "--pool", "prefork", "-c", "1"]
@@ -139,7 +140,7 @@ def peak_rss_mb(pid: int) -> float:
     raise SystemExit(f"no VmHWM for process {pid}")
 
 
-def submit(engine: sa.Engine, url: str) -> int:
+def submit(engine: sa.Engine, url: str, broker: str) -> int:
     """SendBulkMail of the seeded template to every contact, queued for the worker; its id."""
     with db.session_scope(engine) as session:
         operation_id = bulk.send_bulk_mail(
@@ -148,19 +149,19 @@ def submit(engine: sa.Engine, url: str) -> int:
             sender_address="news@example.org",
             query="country = 'DE'",
         ).id
-    app = celery_app.make_app(settings.Settings(database_url=url, broker_url=BROKER))
+    app = celery_app.make_app(settings.Settings(database_url=url, broker_url=broker))
     app.send_task("bulkmail.expand", args=[operation_id])
     return operation_id
 
 
 def expand(url: str, batch: int) -> dict[str, object]:
     engine = db.make_engine(url)
-    with tempfile.TemporaryDirectory() as scratch:
-        worker = start_worker(url, batch, Path(scratch) / "worker.log")
+    with tempfile.TemporaryDirectory() as scratch, servers.own_redis() as broker:
+        worker = start_worker(url, broker.url(), batch, Path(scratch) / "worker.log")
         try:
             pool = pool_process(worker)
             meter = CpuTime({"celery": "Celery worker", "postgres": "PostgreSQL"})
-            operation_id = submit(engine, url)
+            operation_id = submit(engine, url, broker.url())
             while True:
                 with db.session_scope(engine) as session:
                     operation = bulk.get(session, operation_id)
@@ -201,7 +202,6 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     reference = args.reference or post_office_reference(min(args.n, 20_000))["store_per_s"]
-    redis.Redis.from_url(BROKER).flushdb()
     name = f"bulkmail_bench_expansion_{os.getpid()}"
     admin(f"DROP DATABASE IF EXISTS {name}")
     admin(f"CREATE DATABASE {name}")
@@ -213,7 +213,6 @@ def main() -> None:
         result = expand(database_url(name), args.batch)
     finally:
         admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        redis.Redis.from_url(BROKER).flushdb()
     result.update(reference=round(reference), ratio=round(result["rate"] / reference, 2))
     if args.json:
         print(json.dumps(result))

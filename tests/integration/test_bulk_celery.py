@@ -2,7 +2,7 @@
 at once), and a broker that forgets everything right after a submit.
 
 Workers run as users run them, ``celery -A workers worker`` subprocesses on a Redis broker (a
-database number of these tests' own) and a fresh PostgreSQL database; operations are submitted
+``redis-server`` of the suite's own) and a fresh PostgreSQL database; operations are submitted
 with the installed ``bulkmail bulk send``. Small batches make an expansion of a few thousand
 contacts take seconds, and a reconciler that runs every half second with a two-second staleness
 keeps the recovery scenarios short.
@@ -25,11 +25,10 @@ import sqlalchemy as sa
 from bulkmail import bulk, db, models, settings
 from bulkmail.models import OperationStatus
 from tests import bulkops as scenario
-from tests import services
+from tests import servers
 from workers import celery_app
 
 BIN = Path(sys.executable).parent
-REDIS_URL = "redis://127.0.0.1:6379/11"
 CONTACTS = 6_000
 OPTED_OUT = 100  # every 60th contact
 BATCH = 40
@@ -55,15 +54,12 @@ StartWorker = Callable[..., Worker]
 
 
 @pytest.fixture
-def broker() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
+def broker(redis_server: servers.OwnRedis) -> Iterator[str]:
+    # The suite's own Redis: emptied before and after each test, as nothing else uses it.
+    with redis_server.client() as client:
         client.flushdb()
-    except redis.ConnectionError as error:
-        services.missing("Redis", str(error))
-    yield REDIS_URL
-    client.flushdb()
-    client.close()
+        yield redis_server.url()
+        client.flushdb()
 
 
 @pytest.fixture
@@ -249,10 +245,9 @@ def test_a_broker_flushed_right_after_submit_loses_nothing(
     engine: sa.Engine, start_worker: StartWorker, environment: dict[str, str], tmp_path: Path
 ) -> None:
     operation_id = submit(environment, tmp_path)
-    client = redis.Redis.from_url(REDIS_URL)
-    assert client.dbsize() > 0, "the submit queued nothing"
-    client.flushdb()
-    client.close()
+    with redis.Redis.from_url(environment["BULKMAIL_BROKER_URL"]) as client:
+        assert client.dbsize() > 0, "the submit queued nothing"
+        client.flushdb()
     assert status(engine, operation_id).current_status is OperationStatus.QUEUED
 
     worker = start_worker(beat=True)

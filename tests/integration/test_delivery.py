@@ -1,7 +1,7 @@
 """One round of BackgroundSendEmail (``delivery.run_round``) against a real SMTP server.
 
 The server is aiosmtpd in a thread (``tests.mailserver``): it keeps a ledger of every message it
-accepted, by Message-ID, and counts connections. Every test runs on SQLite and PostgreSQL.
+accepted, by Message-ID, and counts connections.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
@@ -31,9 +29,8 @@ from bulkmail import (
     smtp,
 )
 from bulkmail.status import ApprovalStatus, FailureKind, State, Status
-from tests import mailserver, services
+from tests import mailserver, servers
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
 FAST = smtp.Timeouts(
     connect=5, greeting=5, mail=5, rcpt=5, data=5, data_block=5, final_dot=5, command=5, quit=1
 )
@@ -276,21 +273,9 @@ def test_blocked_queue_mailbox_is_refused_too(engine: sa.Engine, approval: Appro
     }
 
 
-@pytest.fixture
-def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
-    engine = db.make_engine(pg_url)
-    yield engine
-    engine.dispose()
-
-
-def test_the_rate_limit_is_shared_by_every_poller(pg_engine: sa.Engine) -> None:
-    # PostgreSQL only: the limit lives in Redis, whatever the database.
-    engine = pg_engine
-    try:
-        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2) as client:
-            client.ping()
-    except redis.ConnectionError as error:
-        services.missing("Redis", str(error))
+def test_the_rate_limit_is_shared_by_every_poller(
+    engine: sa.Engine, redis_server: servers.OwnRedis
+) -> None:
     sender = mailserver.add_sender(engine)
     mailserver.insert_pending(engine, sender, 300)
     key = f"bulkmail:test:{uuid.uuid4().hex}"
@@ -298,7 +283,7 @@ def test_the_rate_limit_is_shared_by_every_poller(pg_engine: sa.Engine) -> None:
 
     async def poller(port: int, name: str) -> int:
         # One client per poller, as in separate processes: only Redis is shared.
-        redis_client = aioredis.Redis.from_url(REDIS_URL)
+        redis_client = aioredis.Redis.from_url(redis_server.url())
         limiter = ratelimit.RateLimiter(redis_client, rate=100, key=key)
         settings = smtp.SmtpSettings(host="127.0.0.1", port=port, timeouts=FAST)
         options = delivery.Options(worker=name, batch=25)

@@ -1,4 +1,4 @@
-"""CSV import on SQLite and PostgreSQL: what is stored, what is refused, and what is counted."""
+"""CSV import: what is stored, what is refused, and what is counted."""
 
 from __future__ import annotations
 

@@ -225,7 +225,6 @@ def test_reaper_returns_expired_leases_and_fails_exhausted_ones(engine: sa.Engin
 
 
 def test_reaper_skips_a_row_a_stalled_transaction_holds(pg_url: str) -> None:
-    # PostgreSQL only: SQLite runs one writing transaction at a time.
     engine = db.make_engine(pg_url)
     try:
         sender = _sender(engine)
@@ -251,10 +250,9 @@ def test_reaper_skips_a_row_a_stalled_transaction_holds(pg_url: str) -> None:
 
 
 def test_concurrent_claimers_each_get_an_email_exactly_once(db_url: str) -> None:
-    postgres = db_url.startswith("postgresql")
-    engine = db.make_engine(db_url, pool_size=20) if postgres else db.make_engine(db_url)
+    engine = db.make_engine(db_url, pool_size=20)
     try:
-        total = 50_000 if postgres else 3_000
+        total = 50_000
         sender = _sender(engine)
         for start in range(0, total, 10_000):
             mailserver.insert_pending(engine, sender, min(10_000, total - start))

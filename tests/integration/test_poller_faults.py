@@ -10,22 +10,20 @@ and a reaper every 0.3 s keep each scenario to seconds.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from bulkmail import db, models, outbox, wakeup
+from bulkmail import db, migrate, models, outbox, wakeup
 from bulkmail.status import Status
-from tests import conftest, mailserver, pollers, services
+from tests import mailserver, pollers, servers
 from workers import poller as poller_process
 
 BATCH = 50
@@ -335,65 +333,61 @@ def test_a_notify_wakes_an_idle_poller_long_before_its_next_poll(
     assert len(ledger.received()) == 20
 
 
-def test_a_database_without_the_schema_is_one_clear_error(start_poller: StartPoller) -> None:
-    name = f"bulkmail_empty_{os.getpid()}"
-    conftest._admin(f"CREATE DATABASE {name}")
-    try:
-        poller = start_poller("smtp://127.0.0.1:1", BULKMAIL_DATABASE_URL=conftest._pg_url(name))
+def test_a_database_without_the_schema_is_one_clear_error(
+    postgres: servers.Postgres, start_poller: StartPoller
+) -> None:
+    with postgres.database("bulkmail_empty") as name:
+        poller = start_poller("smtp://127.0.0.1:1", BULKMAIL_DATABASE_URL=postgres.url(name))
         assert poller.wait(20) == 1
-    finally:
-        conftest._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     last = poller.log().strip().splitlines()[-1]
     assert last.startswith("Error: the database ")
     assert last.endswith("has no bulkmail schema or an old one; run `bulkmail db upgrade`")
     assert "Traceback" not in poller.log()
 
 
-def _cluster() -> tuple[str, str]:
-    """The version and name of the local cluster the tests' PostgreSQL runs as."""
-    tool = shutil.which("pg_lsclusters")
-    if tool is None or os.geteuid() != 0:
-        services.missing("pg_ctlcluster", "restarting PostgreSQL needs root and postgresql-common")
-    assert tool is not None
-    port = str(sa.engine.make_url(conftest.PG_ADMIN).port or 5432)
-    listing = subprocess.run([tool, "--no-header"], capture_output=True, text=True, check=True)
-    found = [line.split()[:2] for line in listing.stdout.splitlines() if line.split()[2] == port]
-    if not found:
-        services.missing("pg_ctlcluster", f"no local cluster listens on port {port}")
-    version, name = found[0]
-    return version, name
-
-
-def _postgres_up(timeout: float) -> bool:
+def _postgres_up(server: servers.Postgres, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            psycopg.connect(conftest.PG_ADMIN, connect_timeout=2).close()
+            server.execute("SELECT 1")
             return True
         except psycopg.OperationalError:
             time.sleep(0.2)
     return False
 
 
-def test_pollers_ride_out_a_postgresql_crash_and_restart(
-    engine: sa.Engine, start_poller: StartPoller
+def test_pollers_ride_out_a_postgresql_crash_and_restart(tmp_path: Path) -> None:
+    # A server of this test's own: crashing the one the other tests share would fail them.
+    with (
+        servers.own_postgres(servers.CRASHES) as server,
+        server.database("bulkmail_crash") as name,
+    ):
+        url = server.url(name)
+        engine = db.make_engine(url)
+        try:
+            migrate.upgrade(engine)
+            _ride_out_a_crash(server, engine, url, tmp_path)
+        finally:
+            engine.dispose()
+
+
+def _ride_out_a_crash(
+    server: servers.OwnPostgres, engine: sa.Engine, url: str, tmp_path: Path
 ) -> None:
-    version, name = _cluster()
-    ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, name]
     sender = mailserver.add_sender(engine)
     mailserver.insert_pending(engine, sender, 3000)
     ledger = mailserver.Ledger(delay=0.01)
-    with mailserver.serving(ledger) as port:
-        url = f"smtp://127.0.0.1:{port}"
+    with mailserver.serving(ledger) as port, pollers.started(url, tmp_path) as start_poller:
+        smtp_url = f"smtp://127.0.0.1:{port}"
         # Leases outlast the outage: claims must survive it, not be taken over.
-        running = [start_poller(url, *FAST, "--lease", "8") for _ in range(2)]
+        running = [start_poller(smtp_url, *FAST, "--lease", "8") for _ in range(2)]
         pollers.wait_until(lambda: ledger.count() >= 500, 30, "sending", *running)
         try:
-            subprocess.run([*ctl, "stop", "-m", "immediate"], check=True, capture_output=True)
+            server.stop(immediate=True)
             time.sleep(1)  # long enough for every poller to meet the outage
         finally:
-            subprocess.run([*ctl, "start"], check=False, capture_output=True)
-            assert _postgres_up(60), "PostgreSQL did not come back up"
+            server.start()
+            assert _postgres_up(server, 60), "PostgreSQL did not come back up"
         pollers.wait_until(lambda: count(engine, Status.SENT) == 3000, 60, "all sent", *running)
         for poller in running:
             log = poller.log()

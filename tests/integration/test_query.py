@@ -1,4 +1,4 @@
-"""Recipient queries against seeded contacts, on SQLite and PostgreSQL: exactly who matches."""
+"""Recipient queries against seeded contacts: exactly who matches."""
 
 from __future__ import annotations
 

@@ -121,8 +121,9 @@ def test_json_lists_read_back_exactly(engine: sa.Engine, tags: list[str]) -> Non
         assert (stored.tags, stored.attributes) == (tags, {"k": [1, "x"]})
 
 
-def test_email_bodies_are_stored_with_lz4(pg_url: str) -> None:
-    # Column compression is PostgreSQL's: no SQLite variant.
+def test_email_bodies_are_stored_with_lz4_where_the_server_has_it(pg_url: str) -> None:
+    # The embedded PostgreSQL (the suite's own server) is built without lz4: there the bodies
+    # keep PostgreSQL's default, pglz. BULKMAIL_TEST_PG naming a server with lz4 checks lz4.
     engine = db.make_engine(pg_url, poolclass=sa.NullPool)
     migrate.upgrade(engine)
     body = "".join(f"line {i} of a rendered body\n" for i in range(400))  # 12 KB: compressed
@@ -138,9 +139,16 @@ def test_email_bodies_are_stored_with_lz4(pg_url: str) -> None:
         stored = connection.execute(
             sa.text("SELECT pg_column_compression(body_text), body_text FROM emails")
         ).one()
+        has_lz4 = connection.execute(
+            sa.text(
+                "SELECT 'lz4' = ANY(enumvals) FROM pg_settings"
+                " WHERE name = 'default_toast_compression'"
+            )
+        ).scalar()
     engine.dispose()
-    assert [tuple(row) for row in methods] == [("body_html", "l"), ("body_text", "l")]
-    assert tuple(stored) == ("lz4", body)
+    setting, method = ("l", "lz4") if has_lz4 else ("", "pglz")
+    assert [tuple(row) for row in methods] == [("body_html", setting), ("body_text", setting)]
+    assert tuple(stored) == (method, body)
 
 
 def test_migration_0010_gives_stored_failures_their_kind(engine: sa.Engine) -> None:

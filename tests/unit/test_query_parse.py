@@ -10,13 +10,11 @@ from sqlalchemy.dialects import postgresql
 
 from bulkmail import errors, models, query
 
-DIALECTS = [postgresql.psycopg.dialect()]  # type: ignore[no-untyped-call]
+DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 
 
-def compiles_everywhere(text: str) -> None:
-    statement = sa.select(models.Contact.id).where(query.parse(text))
-    for dialect in DIALECTS:
-        statement.compile(dialect=dialect)
+def compiles(text: str) -> None:
+    sa.select(models.Contact.id).where(query.parse(text)).compile(dialect=DIALECT)
 
 
 @pytest.mark.parametrize(
@@ -41,7 +39,7 @@ def compiles_everywhere(text: str) -> None:
     ],
 )
 def test_valid_queries_compile_for_postgresql(text: str) -> None:
-    compiles_everywhere(text)
+    compiles(text)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +128,7 @@ def test_an_unknown_field_lists_the_known_ones_and_suggests_the_closest() -> Non
 def test_keywords_are_reserved_but_allowed_as_attribute_names() -> None:
     with pytest.raises(errors.InvalidInput, match="found 'in'"):
         query.parse("country = 'DE' or in = 'x'")
-    compiles_everywhere("attributes.not = 'x' or attributes.contains = 'y'")
+    compiles("attributes.not = 'x' or attributes.contains = 'y'")
     with pytest.raises(errors.InvalidInput, match="unknown field 'android'"):
         query.parse("android = 'x'")  # a keyword prefix is still a name
 
@@ -145,30 +143,28 @@ def test_nesting_and_length_are_bounded() -> None:
         query.parse("not " * 5000 + "country = 'DE'")
     with pytest.raises(errors.InvalidInput, match="the limit is|at most 100000"):
         query.parse("country = '" + "x" * 100_000 + "'")
-    compiles_everywhere("(" * 10_000 + "country = 'DE'" + ")" * 10_000)
-    compiles_everywhere(" or ".join(f"country = 'C{i}'" for i in range(2000)))
+    compiles("(" * 10_000 + "country = 'DE'" + ")" * 10_000)
+    compiles(" or ".join(f"country = 'C{i}'" for i in range(2000)))
 
 
 def test_sql_in_a_literal_is_a_bound_value() -> None:
     statement = sa.select(models.Contact.id).where(
         query.parse("first_name = '; drop table contacts; --'")
     )
-    for dialect in DIALECTS:
-        compiled = statement.compile(dialect=dialect)
-        assert "drop" not in str(compiled).lower()
-        assert "; drop table contacts; --" in compiled.params.values()
+    compiled = statement.compile(dialect=DIALECT)
+    assert "drop" not in str(compiled).lower()
+    assert "; drop table contacts; --" in compiled.params.values()
 
 
 def test_attribute_names_are_bound_not_spliced() -> None:
     compiled = sa.select(models.Contact.id).where(query.parse("attributes.secret_plan = 'x'"))
-    for dialect in DIALECTS:
-        assert "secret_plan" not in str(compiled.compile(dialect=dialect))
+    assert "secret_plan" not in str(compiled.compile(dialect=DIALECT))
 
 
 def accepted_or_refused_on_one_line(text: str) -> None:
-    """Parsing either works (and compiles for both backends) or raises InvalidInput: one line."""
+    """Parsing either works (and compiles for PostgreSQL) or raises InvalidInput: one line."""
     try:
-        compiles_everywhere(text)
+        compiles(text)
     except errors.InvalidInput as error:
         message = str(error)
     else:

@@ -1,0 +1,192 @@
+"""Servers of the test run's own: PostgreSQL and Redis in temporary folders on free ports.
+
+Tests touch only what they started. The suite creates its databases on a PostgreSQL it starts
+itself (bulkmail/embedded.py, with durability off: a crash loses nothing a test needs), crashes
+and restarts only servers of its own, and gives Celery and the rate limiter a ``redis-server``
+of their own. Each server is stopped, and its folder removed, when its ``with`` block ends,
+and at the latest when the Python process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import redis
+import sqlalchemy as sa
+
+from bulkmail import embedded
+from tests import services
+
+# Test databases are thrown away: nothing needs to survive a crash of the machine, so nothing
+# waits for the disk. A crash of the server alone (stop(immediate=True)) loses nothing
+# committed while commits wait for their WAL to be written, which CRASHES keeps.
+CRASHES = {"fsync": "off", "full_page_writes": "off"}
+FAST = CRASHES | {"synchronous_commit": "off"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Postgres:
+    """A PostgreSQL server reached through an admin URL (a superuser on database postgres)."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+
+    def url(self, database: str) -> str:
+        """The SQLAlchemy URL of ``database`` on this server."""
+        base = sa.engine.make_url(self.admin_url)
+        url = base.set(drivername="postgresql+psycopg", database=database)
+        return url.render_as_string(hide_password=False)
+
+    def execute(self, statement: str) -> None:
+        """One statement as the superuser, outside a transaction (CREATE/DROP DATABASE)."""
+        libpq = sa.engine.make_url(self.admin_url).set(drivername="postgresql")
+        with psycopg.connect(
+            libpq.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
+        ) as connection:
+            connection.execute(statement)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def database(self, prefix: str, *, template: str | None = None) -> Iterator[str]:
+        """A new database named ``prefix`` and a unique suffix (a copy of ``template``, or
+        empty), dropped when the block ends. Yields its name."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        copy = f" TEMPLATE {template}" if template else ""
+        self.execute(f"CREATE DATABASE {name}{copy}")
+        try:
+            yield name
+        finally:
+            self.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class OwnPostgres(Postgres):
+    """A PostgreSQL this test run started: listens on 127.0.0.1:``port`` and a Unix socket in
+    its data folder; can be stopped (also as in a crash) and started again."""
+
+    def __init__(self, data: Path, port: int, settings: dict[str, str]) -> None:
+        super().__init__(f"postgresql://{embedded.USER}@127.0.0.1:{port}/postgres")
+        self.data = data
+        self.port = port
+        self.settings = settings
+
+    def start(self) -> None:
+        embedded.start(
+            self.data, database=None, host="127.0.0.1", port=self.port, settings=self.settings
+        )
+
+    def stop(self, *, immediate: bool = False) -> None:
+        embedded.stop(self.data, immediate=immediate)
+
+
+@contextlib.contextmanager
+def own_postgres(settings: dict[str, str] = FAST) -> Iterator[OwnPostgres]:
+    """A fresh PostgreSQL in a temporary folder: stopped and removed when the block ends."""
+    folder = Path(tempfile.mkdtemp(prefix="bulkmail-test-pg-"))
+    data = folder / "data"
+
+    def remove() -> None:
+        with contextlib.suppress(embedded.Unavailable):
+            embedded.stop(data, immediate=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    # For a run that ends (Ctrl-C, an error) before the block's own cleanup runs.
+    atexit.register(remove)
+    try:
+        for attempt in range(3):
+            server = OwnPostgres(data, free_port(), settings)
+            try:
+                server.start()
+                break
+            except embedded.Unavailable as error:
+                # Another process may have taken the port between our look and the start.
+                if "TCP/IP" not in str(error) or attempt == 2:
+                    services.missing("embedded PostgreSQL", str(error))
+        yield server
+    finally:
+        remove()
+        atexit.unregister(remove)
+
+
+class OwnRedis:
+    """A ``redis-server`` this test run started on 127.0.0.1, without persistence."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.port = port
+
+    def url(self, database: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{database}"
+
+    def client(self, database: int = 0) -> redis.Redis:
+        return redis.Redis.from_url(self.url(database), socket_connect_timeout=2)
+
+
+@contextlib.contextmanager
+def own_redis() -> Iterator[OwnRedis]:
+    """A fresh ``redis-server`` in a temporary folder: stopped and removed when the block ends."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        services.missing("redis-server", "not installed (`make services` installs it)")
+    assert binary is not None
+    folder = Path(tempfile.mkdtemp(prefix="bulkmail-test-redis-"))
+    process: subprocess.Popen[bytes] | None = None
+
+    def remove() -> None:
+        if process is not None and process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+    try:
+        for _ in range(3):
+            port = free_port()
+            with (folder / "redis.log").open("ab") as log:
+                process = subprocess.Popen(
+                    [
+                        *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                        *("--save", "", "--appendonly", "no", "--dir", str(folder)),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            server = OwnRedis(process, port)
+            if _answers(server):
+                break
+        else:
+            log_tail = (folder / "redis.log").read_text(errors="replace")[-500:]
+            services.missing("redis-server", f"it did not start: {log_tail}")
+        yield server
+    finally:
+        remove()
+        atexit.unregister(remove)
+
+
+def _answers(server: OwnRedis, timeout: float = 10) -> bool:
+    """Wait until ``server`` answers PING; False if it exits first (its port was taken)."""
+    deadline = time.monotonic() + timeout
+    with server.client() as client:
+        while time.monotonic() < deadline and server.process.poll() is None:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    server.process.kill()
+    server.process.wait()
+    return False
