@@ -158,6 +158,17 @@ def session_scope(engine: sa.Engine) -> Iterator[orm.Session]:
         session.close()
 
 
+@contextlib.contextmanager
+def transaction(engine: sa.Engine) -> Iterator[orm.Session]:
+    """One transaction, committed when the block ends.
+
+    Unlike ``session_scope`` it lets the driver's errors through as they are: the poller tells a
+    database outage (wait and retry) from anything else by them.
+    """
+    with orm.Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
 def translate(error: exc.DBAPIError, engine: sa.Engine) -> Exception:
     """A clear bulkmail error for the driver errors a user can fix, else ``error`` itself."""
     text = str(error.orig) if error.orig is not None else str(error)

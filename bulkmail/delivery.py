@@ -23,18 +23,16 @@ swapped out, throttled by the rate limit) releases the batch instead of racing t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
 
-from bulkmail import compose, errors, mime, outbox, ratelimit, smtp
+from bulkmail import compose, db, defaults, errors, mime, outbox, ratelimit, smtp
 from bulkmail.status import FailureKind
 
 Item = smtp.Item[int]
@@ -48,10 +46,10 @@ DATABASE_DOWN = (exc.OperationalError, exc.InterfaceError)
 @dataclass(frozen=True, kw_only=True)
 class Options:
     worker: str
-    batch: int = 1000
+    batch: int = defaults.BATCH
     # Messages handed to SMTP whose outcome is not yet committed, at most: the kill -9 bound.
-    completion_batch: int = 500
-    lease: dt.timedelta = dt.timedelta(minutes=5)
+    completion_batch: int = defaults.COMPLETION_BATCH
+    lease: dt.timedelta = dt.timedelta(seconds=defaults.LEASE_SECONDS)
     policy: outbox.RetryPolicy = field(default_factory=outbox.RetryPolicy)
 
 
@@ -97,19 +95,8 @@ def summary(error: exc.SQLAlchemyError) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-@contextlib.contextmanager
-def transaction(engine: sa.Engine) -> Iterator[orm.Session]:
-    """One transaction, committed when the block ends.
-
-    Unlike ``db.session_scope`` it lets the driver's errors through as they are: the poller
-    tells a database outage (wait and retry) from anything else by them.
-    """
-    with orm.Session(engine, expire_on_commit=False) as session, session.begin():
-        yield session
-
-
 def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Prepared:
-    with transaction(engine) as session:
+    with db.transaction(engine) as session:
         claimed = outbox.claim(
             session, worker=options.worker, limit=options.batch, lease=options.lease
         )
@@ -159,7 +146,7 @@ class _Entry:
 
 def _record(engine: sa.Engine, entries: list[_Entry], options: Options) -> list[Round]:
     """Write the entries in one transaction; what each of them did."""
-    with transaction(engine) as session:
+    with db.transaction(engine) as session:
         return [_record_entry(session, entry, options) for entry in entries]
 
 
@@ -399,5 +386,5 @@ async def _send_claimed(
 
 
 def _withdrawn(engine: sa.Engine, claimed: list[outbox.Claimed]) -> set[int]:
-    with transaction(engine) as session:
+    with db.transaction(engine) as session:
         return outbox.withdrawn(session, claimed)

@@ -87,8 +87,7 @@ def create(
         statuscode=int(Status.DRAFT),
         from_address=sender.email,
         from_name=headers.check_header_value("sender name", sender.name),
-        sender_user_id=sender.id if isinstance(sender, models.SystemUser) else None,
-        sender_queue_id=sender.id if isinstance(sender, models.Queue) else None,
+        **mailboxes.sender_columns(sender),
         to_addresses=to,
         cc_addresses=cc,
         bcc_addresses=bcc,
@@ -273,13 +272,9 @@ def settle_cancel(
 
 
 def _sender_mailbox(session: orm.Session, email: models.Email) -> mailboxes.Mailbox:
-    mailbox: mailboxes.Mailbox | None
-    if email.sender_user_id is not None:
-        mailbox = session.get(models.SystemUser, email.sender_user_id)
-    elif email.sender_queue_id is not None:
-        mailbox = session.get(models.Queue, email.sender_queue_id)
-    else:
-        mailbox = None
+    mailbox = mailboxes.sender_of(
+        session, user_id=email.sender_user_id, queue_id=email.sender_queue_id
+    )
     if mailbox is None:
         raise errors.NotFound(f"email {email.id} has no sender mailbox; it cannot be sent")
     return mailbox

@@ -264,10 +264,8 @@ def _make_recipe(
             f"the template of bulk operation {operation.id} was deleted; "
             "send the operation again with an existing template"
         )
-    sender: mailboxes.Mailbox | None = (
-        session.get(models.SystemUser, operation.sender_user_id)
-        if operation.sender_user_id is not None
-        else session.get(models.Queue, operation.sender_queue_id)
+    sender = mailboxes.sender_of(
+        session, user_id=operation.sender_user_id, queue_id=operation.sender_queue_id
     )
     assert sender is not None  # the foreign key keeps the mailbox while the operation exists
     domain = message_id_domain or sender.email.rpartition("@")[2]

@@ -98,6 +98,24 @@ def _lookup(session: orm.Session, address: str) -> Mailbox | None:
     return session.scalar(sa.select(models.Queue).where(models.Queue.email == address))
 
 
+def sender_columns(mailbox: Mailbox) -> dict[str, int | None]:
+    """The values of a row's two sender columns that name ``mailbox`` (exactly one is set)."""
+    user = isinstance(mailbox, models.SystemUser)
+    return {
+        "sender_user_id": mailbox.id if user else None,
+        "sender_queue_id": None if user else mailbox.id,
+    }
+
+
+def sender_of(session: orm.Session, *, user_id: int | None, queue_id: int | None) -> Mailbox | None:
+    """The mailbox a row's two sender columns name, if any."""
+    if user_id is not None:
+        return session.get(models.SystemUser, user_id)
+    if queue_id is not None:
+        return session.get(models.Queue, queue_id)
+    return None
+
+
 def set_approval(
     session: orm.Session, address: str, approval: ApprovalStatus, *, actor: str
 ) -> Mailbox:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import db, mailboxes, models, smtp, tally
+from bulkmail import db, defaults, mailboxes, models, settings, smtp, tally
 from bulkmail.models import OperationStatus
 from bulkmail.status import FailureKind, State, Status
 
@@ -44,10 +44,19 @@ _OP_CANCELED = OperationStatus.CANCELED.value
 class RetryPolicy:
     """When a temporary failure is tried again, and when bulkmail gives up."""
 
-    first_retry: dt.timedelta = dt.timedelta(seconds=60)
-    max_retry: dt.timedelta = dt.timedelta(hours=1)
-    max_attempts: int = 10
-    max_lifetime: dt.timedelta = dt.timedelta(days=5)
+    first_retry: dt.timedelta = dt.timedelta(seconds=defaults.RETRY_FIRST_SECONDS)
+    max_retry: dt.timedelta = dt.timedelta(seconds=defaults.RETRY_MAX_SECONDS)
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    max_lifetime: dt.timedelta = dt.timedelta(seconds=defaults.MAX_LIFETIME_SECONDS)
+
+    @classmethod
+    def from_settings(cls, config: settings.Settings) -> RetryPolicy:
+        return cls(
+            first_retry=dt.timedelta(seconds=config.retry_first_seconds),
+            max_retry=dt.timedelta(seconds=config.retry_max_seconds),
+            max_attempts=config.max_attempts,
+            max_lifetime=dt.timedelta(seconds=config.max_lifetime_seconds),
+        )
 
     def next_attempt(self, attempts: int, now: dt.datetime) -> dt.datetime:
         """Exponential backoff: first_retry after the first attempt, doubling, capped."""
@@ -233,23 +242,17 @@ def _claim_sql(dialect: sa.Dialect) -> tuple[str, dict[str, Any]]:
 
 def _blocked(session: orm.Session, rows: Sequence[ClaimedEmail]) -> dict[int, str]:
     """The claimed emails whose sender mailbox may not send, with the reason."""
-    reasons: dict[tuple[str, int], str | None] = {}
+    reasons: dict[tuple[int | None, int | None], str | None] = {}
     blocked: dict[int, str] = {}
     for row in rows:
-        mailbox: mailboxes.Mailbox | None = None
-        if row.sender_user_id is not None:
-            key = ("user", row.sender_user_id)
-            if key not in reasons:
-                mailbox = session.get(models.SystemUser, row.sender_user_id)
-        elif row.sender_queue_id is not None:
-            key = ("queue", row.sender_queue_id)
-            if key not in reasons:
-                mailbox = session.get(models.Queue, row.sender_queue_id)
-        else:
-            blocked[row.id] = "sender mailbox not approved: the email has no sender mailbox"
-            continue
+        key = (row.sender_user_id, row.sender_queue_id)
         if key not in reasons:
-            reasons[key] = None if mailbox is None else mailboxes.blocked_reason(session, mailbox)
+            mailbox = mailboxes.sender_of(session, user_id=key[0], queue_id=key[1])
+            reasons[key] = (
+                "sender mailbox not approved: the email has no sender mailbox"
+                if mailbox is None
+                else mailboxes.blocked_reason(session, mailbox)
+            )
         reason = reasons[key]
         if reason is not None:
             blocked[row.id] = reason

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bulkmail import errors, redaction
+from bulkmail import defaults, errors, redaction
 
 PREFIX = "BULKMAIL_"
 
@@ -34,14 +34,52 @@ class Settings(BaseSettings):
         description="Domain of generated Message-IDs; empty uses the sender address's domain",
     )
     retry_first_seconds: float = Field(
-        default=60.0, gt=0, description="Wait before the first retry of a 4xx or lost connection"
+        default=defaults.RETRY_FIRST_SECONDS,
+        gt=0,
+        description="Wait before the first retry of a 4xx or lost connection",
     )
     retry_max_seconds: float = Field(
-        default=3600.0, gt=0, description="Longest wait between retries (the wait doubles)"
+        default=defaults.RETRY_MAX_SECONDS,
+        gt=0,
+        description="Longest wait between retries (the wait doubles)",
     )
-    max_attempts: int = Field(default=10, ge=1, description="Delivery attempts before giving up")
+    max_attempts: int = Field(
+        default=defaults.MAX_ATTEMPTS, ge=1, description="Delivery attempts before giving up"
+    )
     max_lifetime_seconds: float = Field(
-        default=5 * 24 * 3600.0, gt=0, description="Age after which an email is no longer retried"
+        default=defaults.MAX_LIFETIME_SECONDS,
+        gt=0,
+        description="Age after which an email is no longer retried",
+    )
+    batch: int = Field(
+        default=defaults.BATCH, ge=1, le=10_000, description="Emails a poller claims per round"
+    )
+    completion_batch: int = Field(
+        default=defaults.COMPLETION_BATCH,
+        ge=1,
+        le=10_000,
+        description="Messages a poller has handed to SMTP without a committed outcome, at most: "
+        "what a kill -9 may send twice",
+    )
+    lease_seconds: float = Field(
+        default=defaults.LEASE_SECONDS,
+        ge=1,
+        description="How long a poller's claim is held before the reaper ends it",
+    )
+    grace_seconds: float = Field(
+        default=defaults.GRACE_SECONDS,
+        ge=0,
+        description="After SIGTERM, how long a poller's rounds in flight may finish",
+    )
+    poll_interval: float = Field(
+        default=defaults.POLL_INTERVAL_SECONDS,
+        ge=0.05,
+        description="How often an idle poller looks for due emails besides LISTEN/NOTIFY",
+    )
+    reap_interval: float = Field(
+        default=defaults.REAP_INTERVAL_SECONDS,
+        ge=0.1,
+        description="How often each poller ends the claims whose lease expired",
     )
     smtp_rate_limit: float = Field(
         default=0.0,
@@ -66,7 +104,7 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(
         default=60.0,
         gt=0,
-        description="Seconds between two runs of the reconciler and the lease reaper (Celery beat)",
+        description="Seconds between two runs of the reconciler (Celery beat)",
     )
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import click
 
+from bulkmail import defaults
 from cli.app import App, pass_app
 from workers import poller as poller_process
 
@@ -16,56 +19,72 @@ def worker() -> None:
     """Run worker processes (the Celery worker runs with `celery -A workers worker`)."""
 
 
+def _knob(
+    name: str, kind: click.ParamType[Any], variable: str, default: float, what: str, seconds: bool
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A poller option that falls back to its BULKMAIL_* setting, whose default it shows."""
+    shown = f"{default:g}"
+    return click.option(
+        name,
+        type=kind,
+        default=None,
+        metavar="SECONDS" if seconds else "N",
+        help=f"{what} [BULKMAIL_{variable}; default {shown}]",
+    )
+
+
 @worker.command()
 @click.option("--concurrency", type=click.IntRange(1, 1000), help="SMTP connections [URL's or 8].")
-@click.option(
+@_knob(
     "--batch",
-    type=click.IntRange(1, 10_000),
-    default=1000,
-    show_default=True,
-    help="Emails claimed per round.",
+    click.IntRange(1, 10_000),
+    "BATCH",
+    defaults.BATCH,
+    "Emails claimed per round.",
+    False,
 )
-@click.option(
+@_knob(
     "--completion-batch",
-    type=click.IntRange(1, 10_000),
-    default=500,
-    show_default=True,
-    help="Messages sent whose outcome is not yet written, at most: after a kill -9, at most "
-    "this many may be sent twice.",
+    click.IntRange(1, 10_000),
+    "COMPLETION_BATCH",
+    defaults.COMPLETION_BATCH,
+    "Messages sent whose outcome is not yet written, at most: after a kill -9, at most this "
+    "many may be sent twice.",
+    False,
 )
-@click.option(
+@_knob(
     "--lease",
-    type=click.FloatRange(min=1),
-    default=300.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long a claim is held before the reaper frees it; keep it above the time the "
-    "SMTP server may take for a batch.",
+    click.FloatRange(min=1),
+    "LEASE_SECONDS",
+    defaults.LEASE_SECONDS,
+    "How long a claim is held before the reaper ends it; keep it above the time the SMTP "
+    "server may take for a batch.",
+    True,
 )
 @click.option("--exit-when-idle", is_flag=True, help="Exit once no email is due.")
-@click.option(
+@_knob(
     "--grace",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="On SIGTERM, how long rounds in flight may finish.",
+    click.FloatRange(min=0),
+    "GRACE_SECONDS",
+    defaults.GRACE_SECONDS,
+    "On SIGTERM, how long rounds in flight may finish.",
+    True,
 )
-@click.option(
+@_knob(
     "--poll-interval",
-    type=click.FloatRange(min=0.05),
-    default=2.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Polling fallback to LISTEN/NOTIFY.",
+    click.FloatRange(min=0.05),
+    "POLL_INTERVAL",
+    defaults.POLL_INTERVAL_SECONDS,
+    "Polling fallback to LISTEN/NOTIFY.",
+    True,
 )
-@click.option(
+@_knob(
     "--reap-interval",
-    type=click.FloatRange(min=0.1),
-    default=30.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How often expired leases are returned.",
+    click.FloatRange(min=0.1),
+    "REAP_INTERVAL",
+    defaults.REAP_INTERVAL_SECONDS,
+    "How often this poller ends the claims whose lease expired (pollers own the reaping).",
+    True,
 )
 @click.option(
     "--log-level",
@@ -77,13 +96,13 @@ def worker() -> None:
 def poller(
     app: App,
     concurrency: int | None,
-    batch: int,
-    completion_batch: int,
-    lease: float,
+    batch: int | None,
+    completion_batch: int | None,
+    lease: float | None,
     exit_when_idle: bool,
-    grace: float,
-    poll_interval: float,
-    reap_interval: float,
+    grace: float | None,
+    poll_interval: float | None,
+    reap_interval: float | None,
     log_level: str,
 ) -> None:
     """Claim Pending Send emails and deliver them over SMTP until stopped (SIGTERM/SIGINT)."""
@@ -96,7 +115,7 @@ def poller(
             connections=concurrency,
             batch=batch,
             completion_batch=completion_batch,
-            lease=dt.timedelta(seconds=lease),
+            lease=None if lease is None else dt.timedelta(seconds=lease),
             exit_when_idle=exit_when_idle,
             grace=grace,
             poll_interval=poll_interval,

@@ -27,14 +27,13 @@ def make_app(config: settings.Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         task_always_eager=config.broker_url.startswith("memory://"),
         task_eager_propagates=True,
-        # PostgreSQL is the source of truth: beat only nudges it. Both tasks are cheap no-ops
-        # when there is nothing to do.
+        # PostgreSQL is the source of truth: beat only nudges it. The reconciler is a cheap
+        # no-op when there is nothing to do; expired leases are the pollers' to end.
         beat_schedule={
             "reconcile-bulk-operations": {
                 "task": "bulkmail.reconcile",
                 "schedule": config.reconcile_interval,
             },
-            "reap-expired-leases": {"task": "bulkmail.reap", "schedule": config.reconcile_interval},
         },
     )
     return app

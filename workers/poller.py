@@ -36,6 +36,7 @@ from sqlalchemy import exc, orm
 
 from bulkmail import (
     db,
+    defaults,
     delivery,
     heartbeats,
     mime,
@@ -57,15 +58,15 @@ class Config:
     smtp_url: str
     policy: outbox.RetryPolicy
     connections: int | None = None  # SMTP connections; None keeps the URL's (default 8)
-    batch: int = 1000
-    completion_batch: int = 500  # sent without a committed outcome, at most (delivery.Options)
-    lease: dt.timedelta = dt.timedelta(minutes=5)
+    batch: int = defaults.BATCH
+    completion_batch: int = defaults.COMPLETION_BATCH  # sent without a committed outcome
+    lease: dt.timedelta = dt.timedelta(seconds=defaults.LEASE_SECONDS)
     rounds: int = 2  # rounds in flight: one's database work overlaps another's SMTP traffic
     exit_when_idle: bool = False
-    poll_interval: float = 2.0
-    reap_interval: float = 30.0
+    poll_interval: float = defaults.POLL_INTERVAL_SECONDS
+    reap_interval: float = defaults.REAP_INTERVAL_SECONDS
     heartbeat_interval: float = 5.0
-    grace: float = 30.0
+    grace: float = defaults.GRACE_SECONDS
     rate_limit: float = 0.0
     redis_url: str = "redis://127.0.0.1:6379/0"
 
@@ -75,20 +76,22 @@ class Config:
 
     @classmethod
     def from_settings(cls, config: settings.Settings, **overrides: object) -> Config:
-        policy = outbox.RetryPolicy(
-            first_retry=dt.timedelta(seconds=config.retry_first_seconds),
-            max_retry=dt.timedelta(seconds=config.retry_max_seconds),
-            max_attempts=config.max_attempts,
-            max_lifetime=dt.timedelta(seconds=config.max_lifetime_seconds),
-        )
+        """The poller as the settings describe it; ``overrides`` (command-line options) win."""
         base = cls(
             database_url=db.database_url(config),
             smtp_url=config.smtp_url,
-            policy=policy,
+            policy=outbox.RetryPolicy.from_settings(config),
+            batch=config.batch,
+            completion_batch=config.completion_batch,
+            lease=dt.timedelta(seconds=config.lease_seconds),
+            poll_interval=config.poll_interval,
+            reap_interval=config.reap_interval,
+            grace=config.grace_seconds,
             rate_limit=config.smtp_rate_limit,
             redis_url=config.redis_url,
         )
-        return replace(base, **overrides)  # type: ignore[arg-type]
+        given = {name: value for name, value in overrides.items() if value is not None}
+        return replace(base, **given)  # type: ignore[arg-type]
 
 
 class Poller:
@@ -235,7 +238,7 @@ class Poller:
         # Renewing is a row update per email: only leases a sixth used up, which beats every
         # third of a lease still keep well ahead of the reaper.
         due = [token for token, at in renewed.items() if now - at >= self._renew_after()]
-        with delivery.transaction(self.engine) as session:
+        with db.transaction(self.engine) as session:
             self._beat_totals(session)
             outbox.renew(session, due, lease=self.config.lease)
         self._renewed = {**renewed, **dict.fromkeys(due, now)}
@@ -253,14 +256,14 @@ class Poller:
         return min(self.config.heartbeat_interval, self.config.lease.total_seconds() / 3)
 
     def _reap(self) -> None:
-        with delivery.transaction(self.engine) as session:
+        with db.transaction(self.engine) as session:
             returned = outbox.reap(session, policy=self.config.policy)
         if returned:
             logger.info("reaper returned %d emails whose lease expired", returned)
 
     async def _final_beat(self) -> None:
         def final() -> None:
-            with delivery.transaction(self.engine) as session:
+            with db.transaction(self.engine) as session:
                 self._beat_totals(session)
                 heartbeats.stopped(session, self.identity.id)
 

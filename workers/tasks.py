@@ -3,8 +3,9 @@
 ``expand`` writes a bulk operation's emails. It acknowledges late and is rejected (so delivered
 again) when its worker process dies; that is safe because expansion resumes from the stored
 checkpoint and never writes a recipient twice. Beat runs ``reconcile``, which queues again the
-operations whose message was lost, and ``reap``, which frees expired leases. Retries of mail are
-never Celery ETAs: the next attempt is a column that the pollers read.
+operations whose message was lost. Expired leases are the pollers' to end (each reaps on its own
+interval), not Celery's. Retries of mail are never Celery ETAs: the next attempt is a column that
+the pollers read.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from kombu import exceptions as kombu_errors
 
-from bulkmail import bulk, db, errors, expansion, outbox, settings
-from workers import poller
+from bulkmail import bulk, db, errors, expansion, settings
 from workers.celery_app import app
 
 logger = logging.getLogger("bulkmail.tasks")
@@ -73,17 +73,6 @@ def reconcile() -> None:
     for operation_id in stale:
         logger.warning("bulk operation %s made no progress; queuing it again", operation_id)
         enqueue_expansion(operation_id)
-
-
-@_task("bulkmail.reap")
-def reap() -> None:
-    """Return emails whose sending worker's lease expired to Pending Send."""
-    config = settings.load()
-    policy = poller.Config.from_settings(config).policy
-    with db.session_scope(_engine(db.database_url(config))) as session:
-        returned = outbox.reap(session, policy=policy)
-    if returned:
-        logger.warning("returned %s emails with expired leases", returned)
 
 
 def enqueue_expansion(operation_id: int) -> None:
