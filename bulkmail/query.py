@@ -25,7 +25,8 @@ Meaning:
   So ``!=``, ``not in`` and ``not like`` are exactly ``not (=)``, ``not (in)``, ``not (like)``,
   and they match contacts where the value is missing; ``not`` is the plain complement.
 - Text compares by code point (binary), case-sensitively, except ``email``, whose literals are
-  lowercased as stored addresses are. ``like`` is case-insensitive, with ``%`` and ``_`` as
+  written as stored addresses are: lowercased, with the domain as its A-label (IDNA), so
+  ``email = 'A@München.de'`` matches the contact ``a@münchen.de``. ``like`` is case-insensitive, with ``%`` and ``_`` as
   wildcards and ``\\`` to escape them.
 - The literal's type decides how an attribute is read: a string compares string attributes; a
   number compares numeric attributes and strings written as plain decimal numbers (``12``,
@@ -57,7 +58,7 @@ from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import elements
 
-from bulkmail import errors, models
+from bulkmail import errors, headers, models
 
 MAX_LENGTH = 100_000
 MAX_DEPTH = 50
@@ -364,6 +365,15 @@ def _two_valued(
     return sa.func.coalesce(condition, sa.false(), type_=sa.Boolean())
 
 
+def _stored_address(text: str) -> str:
+    """An address literal as contacts store theirs (lowercased, the domain an A-label), so that
+    ``email = 'A@München.de'`` finds ``a@xn--mnchen-3ya.de``; other text is only lowercased."""
+    try:
+        return headers.normalize_address(text).lower()
+    except errors.InvalidInput:
+        return text.lower()
+
+
 class _Compiler:
     def __init__(self, text: str) -> None:
         self.text = text
@@ -490,7 +500,7 @@ class _Compiler:
         if value.kind == "bool" and field.attribute is not None:
             return "true" if value.value else "false"
         if value.kind == "text" and field.name == "email":
-            return str(value.value).lower()
+            return _stored_address(str(value.value))
         return value.value
 
     def compare(self, field: _Field, operator: str, value: _Value) -> sa.ColumnElement[bool]:

@@ -205,3 +205,21 @@ def test_a_bad_query_raises_invalid_input_before_touching_the_database(
         with pytest.raises(errors.InvalidInput, match="query column 11: expected a value"):
             contacts.count(session, "country = ")
         assert session.scalar(sa.select(sa.func.count()).select_from(models.Contact)) == 5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "email = 'Jo@München.DE'",
+        "email = 'JO@XN--MNCHEN-3YA.de'",
+        "email in ('nobody@example.org', 'jo@münchen.de')",
+        "not email != 'jo@münchen.de'",
+    ],
+)
+def test_an_address_matches_in_any_case_and_either_form_of_its_domain(
+    engine: sa.Engine, text: str
+) -> None:
+    with db.session_scope(engine) as session:
+        contacts.add(session, email="jo@münchen.de", first_name="Jo")
+        contacts.add(session, email="jo@munchen.de", first_name="Other")
+    assert matching(engine, text) == {"Jo"}
