@@ -43,6 +43,19 @@ def stopped(session: orm.Session, worker_id: str) -> None:
     )
 
 
+def live(session: orm.Session, kind: str, *, within: dt.timedelta) -> int:
+    """How many workers of ``kind`` beat within the last ``within`` and have not stopped."""
+    seen = models.utcnow() - within
+    count = session.scalar(
+        sa.select(sa.func.count()).where(
+            models.WorkerHeartbeat.kind == kind,
+            models.WorkerHeartbeat.stopped_at.is_(None),
+            models.WorkerHeartbeat.last_seen_at >= seen,
+        )
+    )
+    return int(count or 0)
+
+
 def list_workers(session: orm.Session) -> list[models.WorkerHeartbeat]:
     query = sa.select(models.WorkerHeartbeat).order_by(models.WorkerHeartbeat.started_at.desc())
     return list(session.scalars(query))

@@ -26,8 +26,8 @@ Meaning:
   and they match contacts where the value is missing; ``not`` is the plain complement.
 - Text compares by code point (binary), case-sensitively, except ``email``, whose literals are
   written as stored addresses are: lowercased, with the domain as its A-label (IDNA), so
-  ``email = 'A@München.de'`` matches the contact ``a@münchen.de``. ``like`` is case-insensitive, with ``%`` and ``_`` as
-  wildcards and ``\\`` to escape them.
+  ``email = 'A@München.de'`` matches the contact ``a@münchen.de``. ``like`` is
+  case-insensitive, with ``%`` and ``_`` as wildcards and ``\\`` to escape them.
 - The literal's type decides how an attribute is read: a string compares string attributes; a
   number compares numeric attributes and strings written as plain decimal numbers (``12``,
   ``-0.5``; at most 40 characters, no exponent, no leading zeros or ``+``); ``true``/``false``

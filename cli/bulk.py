@@ -9,7 +9,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bulkmail import bulk as operations
-from bulkmail import contacts, errors, models, submission
+from bulkmail import contacts, errors, heartbeats, models, submission
 from bulkmail.models import OperationStatus
 from cli import output
 from cli.app import EXIT_INCOMPLETE, App, cancel_wait_option, json_option, pass_app
@@ -17,6 +17,8 @@ from cli.app import EXIT_INCOMPLETE, App, cancel_wait_option, json_option, pass_
 LIST_COLUMNS = ["id", "name", "status", "matched", "created", "pending", "sent", "failed"]
 LIST_COLUMNS += ["canceled", "created_at"]
 POLL_SECONDS = 0.5
+# A wait that sees no progress this long checks that a poller is alive, and says so if not:
+STALL_SECONDS = 10.0  # two heartbeats of a live poller (they beat every 5 s)
 
 
 @click.group()
@@ -198,9 +200,24 @@ def _follow(app: App, operation_id: int) -> models.BulkOperation:
     with Progress(*columns) as progress:
         expanding = progress.add_task("expansion", total=recipients)
         delivering = progress.add_task("delivery", total=None)
+        moved, last, warned = time.monotonic(), (-1, -1), False
         while True:
             with app.session() as session:
                 operation = operations.get(session, operation_id)
+                done = operation.sent + operation.failed + operation.canceled
+                if (operation.matched, done) != last:
+                    moved, last, warned = time.monotonic(), (operation.matched, done), False
+                elif not warned and time.monotonic() - moved > STALL_SECONDS:
+                    pollers = heartbeats.live(
+                        session, "poller", within=dt.timedelta(seconds=STALL_SECONDS)
+                    )
+                    if operation.pending and not pollers:
+                        progress.console.print(
+                            f"no poller has run in the last {STALL_SECONDS:g} s: "
+                            f"{operation.pending} emails wait in Pending Send; start one with "
+                            "`bulkmail worker poller`"
+                        )
+                        warned = True
             expanded = operation.expanded_at is not None
             progress.update(
                 expanding,
@@ -209,7 +226,7 @@ def _follow(app: App, operation_id: int) -> models.BulkOperation:
             )
             progress.update(
                 delivering,
-                completed=operation.sent + operation.failed + operation.canceled,
+                completed=done,
                 total=operation.created + operation.render_failures,
             )
             if operation.current_status.terminal:

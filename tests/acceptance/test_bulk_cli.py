@@ -7,8 +7,11 @@ process itself, as in the embedded setup.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 
-from tests.acceptance.conftest import Cli
+from tests.acceptance.conftest import BULKMAIL, Cli
 
 # Breaks for a contact whose seats attribute is -1, and for nobody else.
 HTML = (
@@ -118,3 +121,33 @@ def test_a_bulk_operations_emails_carry_its_template_attachment(cli: Cli) -> Non
     refusal = cli.refused("attachments", "delete", str(record["id"]))
     assert "goes out with every email of bulk operation" in refusal
     assert json.loads(cli.ok("attachments", "list", "--email", str(email["id"]), "--json"))
+
+
+def test_waiting_on_an_operation_that_no_poller_sends_says_so(cli: Cli) -> None:
+    cli.ok("db", "upgrade")
+    cli.ok("users", "add", "--name", "Sam Sender", "--email", "sam@example.org")
+    cli.ok("contacts", "add", "--email", "c0@example.com", "--first-name", "C0")
+    page = cli.cwd / "news.html"
+    page.write_text(HTML)
+    cli.ok("templates", "create", "--name", "news", "--subject", "News", "--html", str(page))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
+    assert cli.database_url is not None
+    env |= {"BULKMAIL_DATABASE_URL": cli.database_url, "COLUMNS": "200"}
+    waiting = subprocess.Popen(
+        [
+            *(str(BULKMAIL), "bulk", "send", "--template", "news"),
+            *("--sender", "sam@example.org", "--query", "country is null", "--wait"),
+        ],
+        cwd=cli.cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = waiting.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        waiting.send_signal(signal.SIGINT)
+        out, _ = waiting.communicate(timeout=10)
+    assert "no poller has run in the last 10 s: 1 emails wait in Pending Send" in out, out
+    assert "`bulkmail worker poller`" in out
