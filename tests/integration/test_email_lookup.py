@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy as sa
 
@@ -13,12 +11,11 @@ SENDER = "sam@example.org"
 
 
 @pytest.fixture
-def pg(pg_url: str) -> Iterator[sa.Engine]:
-    engine = db.make_engine(pg_url)
+def pg(engine: sa.Engine) -> sa.Engine:
+    """The test's database with a sender (and what each test file needs besides)."""
     with db.session_scope(engine) as session:
         mailboxes.add_user(session, name="Sam Sender", email=SENDER)
-    yield engine
-    engine.dispose()
+    return engine
 
 
 def write(engine: sa.Engine, subject: str, **lists: list[str]) -> None:

@@ -4,7 +4,6 @@ builds), single emails and template sends, mixed in one claimed batch, on Postgr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -31,16 +30,15 @@ SENDER = "sam@example.org"
 
 
 @pytest.fixture
-def pg(pg_url: str) -> Iterator[sa.Engine]:
-    engine = db.make_engine(pg_url)
+def pg(engine: sa.Engine) -> sa.Engine:
+    """The test's database with a sender (and what each test file needs besides)."""
     with db.session_scope(engine) as session:
         mailboxes.add_user(session, name="Sam Sender", email=SENDER)
         templates.create(session, name="news", subject="News", html="<p>Hi</p>", text="Hi")
         for n in range(3):
             contacts.add(session, email=f"c{n}@example.com", country="DE")
         contacts.add(session, email="fr@example.com", country="FR")
-    yield engine
-    engine.dispose()
+    return engine
 
 
 def deliver(engine: sa.Engine, port: int) -> delivery.Round:

@@ -4,7 +4,6 @@ per idempotency key even when two requests race."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -15,8 +14,8 @@ SENDER = "sam@example.org"
 
 
 @pytest.fixture
-def pg(pg_url: str) -> Iterator[sa.Engine]:
-    engine = db.make_engine(pg_url)
+def pg(engine: sa.Engine) -> sa.Engine:
+    """The test's database with a sender (and what each test file needs besides)."""
     with db.session_scope(engine) as session:
         mailboxes.add_user(session, name="Sam Sender", email=SENDER)
         templates.create(session, name="news", subject="News", html="<p>Hi</p>", text="Hi")
@@ -27,8 +26,7 @@ def pg(pg_url: str) -> Iterator[sa.Engine]:
                 country="DE" if n % 2 else "FR",
                 do_not_bulk_email=n % 3 == 0,
             )
-    yield engine
-    engine.dispose()
+    return engine
 
 
 def asked(query: str = "id > 0", **changes: str) -> submission.Asked:
