@@ -1,4 +1,4 @@
-"""SendBulkMail on both backends: validation, expansion, counters, cancel, retry, reconcile."""
+"""SendBulkMail: validation, expansion, counters, cancel, retry, reconcile."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Email activity operations on both backends: every refusal leaves the stored email as it was."""
+"""Email activity operations: every refusal leaves the stored email as it was."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The claim path on both backends: who gets which email, and what each outcome writes."""
+"""The claim path: who gets which email, and what each outcome writes."""
 
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ CASES = [
 @pytest.mark.parametrize(("text", "expected"), CASES, ids=[case[0] for case in CASES])
 def test_query_matches_exactly(seeded: sa.Engine, text: str, expected: set[str]) -> None:
     assert matching(seeded, text) == expected
-    # Every predicate is two-valued, so "not" is the complement on both backends.
+    # Every predicate is two-valued, so "not" is the complement.
     assert matching(seeded, f"not ({text})") == EVERYONE - expected
 
 

@@ -1,4 +1,4 @@
-"""Stored templates and SendEmailFromTemplate on both backends."""
+"""Stored templates and SendEmailFromTemplate."""
 
 from __future__ import annotations
 
