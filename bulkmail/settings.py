@@ -92,10 +92,11 @@ def load() -> Settings:
             for problem in error.errors()
         ]
     else:
+        given = {name: value for name in _URLS if (value := getattr(loaded, name)) is not None}
         problems = [
-            (name, getattr(loaded, name), problem)
-            for name in _URLS
-            if (problem := redaction.url_problem(getattr(loaded, name))) is not None
+            (name, value, problem)
+            for name, value in given.items()
+            if (problem := redaction.url_problem(value)) is not None
         ]
         if not problems:
             return loaded
