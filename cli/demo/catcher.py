@@ -1,5 +1,5 @@
 """The demo's SMTP catcher: an aiosmtpd server on a free loopback port that files every message
-it accepts under its folder as ``<Message-ID>.eml``.
+it accepts under its folder as ``<Message-ID>.eml``, before it answers 250.
 
 It runs in a thread with an event loop of its own, so the poller in the demo's loop talks to it
 over real TCP, as it talks to a relay.
@@ -22,18 +22,20 @@ from aiosmtpd import smtp as aiosmtpd
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*<([^>\r\n]+)>", re.IGNORECASE | re.MULTILINE)
 
 
+def stem(message_id: str) -> str:
+    """The name (less ``.eml``) of the file a message with this Message-ID is filed as."""
+    return message_id.replace("/", "_")
+
+
 class Catcher:
-    """An aiosmtpd handler that files what it accepts and remembers the Message-IDs."""
+    """An aiosmtpd handler that files what it accepts."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._received: set[str] = set()
-        self._lock = threading.Lock()
 
-    def received(self) -> set[str]:
-        """The Message-IDs (without angle brackets) of the messages filed so far."""
-        with self._lock:
-            return set(self._received)
+    def filed(self) -> set[str]:
+        """The names (less ``.eml``) of the files in the folder: what arrived, as it is now."""
+        return {path.stem for path in self.folder.glob("*.eml")}
 
     async def handle_EHLO(
         self, server: aiosmtpd.SMTP, session: Any, envelope: Any, hostname: str, responses: Any
@@ -46,11 +48,8 @@ class Catcher:
         raw = bytes(envelope.original_content or b"")
         head = raw.split(b"\r\n\r\n", 1)[0]
         found = _MESSAGE_ID.search(head)
-        message_id = found.group(1).decode("ascii", "replace") if found else ""
-        name = message_id.replace("/", "_") or uuid.uuid4().hex
+        name = stem(found.group(1).decode("ascii", "replace")) if found else uuid.uuid4().hex
         (self.folder / f"{name}.eml").write_bytes(raw)
-        with self._lock:
-            self._received.add(message_id)
         return "250 2.0.0 Ok: filed"
 
 

@@ -298,15 +298,16 @@ def _summary(engine: sa.Engine, url: str, sent: _Sent, handler: catcher.Catcher 
         Status.CANCELED: operation.canceled,
     }
     not_sent = sum(counts.values()) - len(sent_ids)
-    received = None if handler is None else handler.received()
+    filed = None if handler is None else handler.filed()
+    unfiled = 0 if filed is None else len({catcher.stem(m) for m in sent_ids} - filed)
     return Summary(
         database_url=url,
         operation=bulk.as_dict(operation),
         statuses={status.label: count for status, count in counts.items() if count},
         seconds=sent.seconds,
         stalled=sent.stalled,
-        arrived=None if received is None else len(received),
-        missing=not_sent + (0 if received is None else len(sent_ids - received)),
+        arrived=None if filed is None else len(filed),
+        missing=not_sent + unfiled,
         failure=_failure(failed[0]) if failed else None,
         samples=[] if handler is None else sorted(handler.folder.glob("*.eml"))[:3],
     )
