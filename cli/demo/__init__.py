@@ -63,9 +63,8 @@ def demo(app: App, contacts: int, smtp_url: str | None) -> None:
     console = Console()
     if app.settings.database_url:
         console.print(
-            f"BULKMAIL_DATABASE_URL is set, and the demo leaves it alone: it runs on its own "
-            f"database, {run.DATABASE}, of the embedded PostgreSQL in "
-            f"{embedded.default_folder()}",
+            f"the demo does not use BULKMAIL_DATABASE_URL: it runs on its own database, "
+            f"{run.DATABASE}, of the embedded PostgreSQL in {embedded.default_folder()}",
             highlight=False,
         )
     try:
@@ -112,7 +111,7 @@ def _report(summary: run.Summary, console: Console) -> None:
         f"bulkmail bulk status {op['id']}",
         "bulkmail email list --status sent --limit 5",
         f"bulkmail templates render {sample.TEMPLATE} --contact {sample.address(1)}",
-        "bulkmail demo --contacts 20000",
+        "bulkmail demo --contacts 5000",
         "unset BULKMAIL_DATABASE_URL  # your own database again: bulkmail, on the same server",
         "bulkmail db status",
         "bulkmail db stop",
