@@ -2,18 +2,21 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 PACKAGES := bulkmail workers cli
+# Every install takes the versions pinned in constraints.txt (refreshed by `make lock`).
+PIP_INSTALL = $(BIN)/python -m pip install --quiet -c constraints.txt
+# `make demo` needs the demo extra, which the dev extra of `make install` includes.
+DEMO_STAMP := $(if $(wildcard $(VENV)/.installed-dev),$(VENV)/.installed-dev,$(VENV)/.installed-demo)
 
-.PHONY: install bytecode services lint test bench demo clean
+.PHONY: install bytecode services lint test bench demo lock clean
 
-$(STAMP): pyproject.toml
+$(VENV)/.installed-%: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(PIP_INSTALL) -e '.[$*]'
+	touch $@
 
-install: $(STAMP)
+install: $(VENV)/.installed-dev
 
 # Every CLI call and worker imports these; where PYTHONDONTWRITEBYTECODE is set, Python would
 # compile them from source in each process (a third of a second each, hundreds of times a test run).
@@ -31,8 +34,10 @@ lint: install
 test: install bytecode services lint
 	$(BIN)/pytest
 
-# No services needed: SQLite, an in-process SMTP catcher filing into ./demo-outbox/.
-demo: bytecode
+# No services needed: the embedded PostgreSQL (a database bulkmail_demo of its own), the
+# eager Celery broker, a poller in-process, and an SMTP catcher filing into ./demo-outbox/.
+demo: $(DEMO_STAMP)
+	$(BIN)/python -m compileall -q $(PACKAGES)
 	$(BIN)/bulkmail demo
 
 # Not part of `make test`: minutes of full load. BENCH_SCALE=0.1 for a quick look. Runs on the
@@ -41,5 +46,18 @@ bench: bytecode
 	bash .ci/services postgres
 	$(BIN)/python tests/bench/run_all.py
 
+# constraints.txt again: the newest versions pyproject.toml allows, of everything the dev and
+# demo extras install, resolved in a virtualenv of its own. Commit it once `make test` passes.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet '.[dev]'
+	{ echo "# Every dependency of bulkmail and its dev and demo extras, pinned: \`make lock\` writes this."; \
+	  echo "# Resolved with Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version(), platform.system(), platform.machine())')."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude bulkmail; } > constraints.txt
+	rm -rf $(LOCK_VENV) build
+
 clean:
-	rm -rf $(VENV) .bench-venv .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) .bench-venv .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -25,7 +25,17 @@ def database_url(config: settings.Settings) -> str:
     external = external_url(config)
     if external is not None:
         return external
-    return embedded.start(embedded.default_folder(), on_create=_migrate).url()
+    return embedded_url()
+
+
+def embedded_url(database: str = embedded.DATABASE, *, fresh: bool = False) -> str:
+    """The URL of ``database`` on the embedded PostgreSQL of the working directory, which is
+    started if it is not running; the database is created and migrated when it is new.
+    ``fresh``: drop it first, with everything in it (the demo's own database)."""
+    folder = embedded.default_folder()
+    if fresh:
+        embedded.drop_database(folder, database)
+    return embedded.start(folder, database=database, on_create=_migrate).url(database)
 
 
 def external_url(config: settings.Settings) -> str | None:

@@ -32,8 +32,12 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bulkmail import errors
+
+if TYPE_CHECKING:
+    import psycopg
 
 DATABASE = "bulkmail"
 USER = "postgres"  # the superuser initdb creates; trust authentication, local clients only
@@ -171,6 +175,23 @@ def stop(data: Path, *, immediate: bool = False) -> Server | None:
                 f"the embedded PostgreSQL in {data} did not stop ({_last_line(done.stderr)})"
             )
     return server
+
+
+def drop_database(data: Path, database: str) -> None:
+    """Drop ``database`` of the server on ``data`` with everything in it, ending its sessions
+    (nothing when it does not exist); the next ``start`` naming it creates it again. The server
+    is started if it is not running."""
+    from psycopg import sql
+
+    data = data.absolute()
+    server = start(data, database=None)
+    with _locked(data):
+        # The marker goes first: a drop that fails half-way leaves a database to create again.
+        (data / _marker(database)).unlink(missing_ok=True)
+        with _superuser(server, f"drop the database {database}") as connection:
+            connection.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
 
 
 def _marker(database: str) -> str:
@@ -350,8 +371,21 @@ def _socket_dir(data: Path, port: int, run_as: _Account | None) -> Path:
 
 
 def _create_database(server: Server, database: str) -> None:
-    import psycopg
     from psycopg import sql
+
+    with _superuser(server, f"create the database {database}") as connection:
+        found = connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [database]
+        ).fetchone()
+        if found is None:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+@contextlib.contextmanager
+def _superuser(server: Server, doing: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the database ``postgres`` as the superuser, outside transactions; a
+    driver error becomes one line saying what could not be done (``doing``)."""
+    import psycopg
 
     try:
         with psycopg.connect(
@@ -361,16 +395,11 @@ def _create_database(server: Server, database: str) -> None:
             dbname="postgres",
             autocommit=True,
         ) as connection:
-            found = connection.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", [database]
-            ).fetchone()
-            if found is None:
-                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            yield connection
     except psycopg.Error as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise Unavailable(
-            f"the embedded PostgreSQL in {server.data} cannot create the database {database} "
-            f"({first}); {_FIX}"
+            f"the embedded PostgreSQL in {server.data} cannot {doing} ({first}); {_FIX}"
         ) from None
 
 

@@ -194,16 +194,7 @@ def _claim_statement() -> sa.Update:
     now = sa.bindparam("now", type_=models.UTCDateTime)
     due = (
         sa.select(E.id)
-        .where(
-            # A literal, not a parameter, so that the plan uses the partial index on pending rows.
-            E.statuscode == sa.literal_column(str(_PENDING)),
-            sa.or_(E.send_after.is_(None), E.send_after <= now),
-            sa.or_(E.next_attempt_at.is_(None), E.next_attempt_at <= now),
-            ~sa.exists().where(
-                Op.id == E.bulk_operation_id,
-                Op.status == models.OperationStatus.CANCELED.value,
-            ),
-        )
+        .where(*_due(now))
         .order_by(E.priority.desc(), E.id)
         .limit(sa.bindparam("limit", type_=sa.Integer))
     )
@@ -225,6 +216,34 @@ def _claim_statement() -> sa.Update:
         .returning(*returned)
         .execution_options(synchronize_session=False)
     )
+
+
+def _due(now: sa.ColumnElement[dt.datetime] | dt.datetime) -> list[sa.ColumnElement[bool]]:
+    """What makes an email claimable at ``now``: Pending Send, its send time and next attempt
+    reached, its bulk operation not canceled."""
+    return [
+        # A literal, not a parameter, so that the plan uses the partial index on pending rows.
+        E.statuscode == sa.literal_column(str(_PENDING)),
+        sa.or_(E.send_after.is_(None), E.send_after <= now),
+        sa.or_(E.next_attempt_at.is_(None), E.next_attempt_at <= now),
+        ~sa.exists().where(Op.id == E.bulk_operation_id, Op.status == _OP_CANCELED),
+    ]
+
+
+def outstanding(session: orm.Session, operation_id: int, *, now: dt.datetime | None = None) -> int:
+    """How many emails of a bulk operation pollers hold (Sending) or would claim at ``now``.
+
+    None: nothing more of it goes out until a retry falls due (or a failure is resent). One
+    statement, so a claim that commits meanwhile is counted on one side or the other.
+    """
+    now = now or models.utcnow()
+    held = E.statuscode == sa.literal_column(str(_SENDING))
+    count = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(E)
+        .where(E.bulk_operation_id == operation_id, sa.or_(held, sa.and_(*_due(now))))
+    )
+    return int(count or 0)
 
 
 @functools.cache

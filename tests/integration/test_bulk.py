@@ -412,6 +412,35 @@ def test_counters_follow_every_move_of_the_outbox_until_completed(setup: sa.Engi
     assert_counters_match_the_emails(setup, operation_id)
 
 
+def test_outstanding_counts_the_emails_pollers_hold_or_would_claim_now(setup: sa.Engine) -> None:
+    add_contacts(setup, 6)
+    operation_id = submit(setup)
+    other = submit(setup)
+    expand(setup, operation_id)
+    expand(setup, other)
+
+    def outstanding(**kwargs: Any) -> int:
+        with db.session_scope(setup) as session:
+            return outbox.outstanding(session, operation_id, **kwargs)
+
+    assert outstanding() == 6
+    claimed = claim(setup)
+    mine = [c for c in claimed if c.email.bulk_operation_id == operation_id]
+    assert len(mine) == 6
+    assert outstanding() == 6  # Sending
+    complete(setup, mine[:1], SENT)
+    complete(setup, mine[1:2], REFUSED)
+    complete(setup, mine[2:3], RETRY)  # due again in a minute
+    with db.session_scope(setup) as session:
+        outbox.release(session, [(c.email.id, c.claim_token) for c in mine[3:]])
+    assert outstanding() == 3
+    assert outstanding(now=models.utcnow() + dt.timedelta(minutes=2)) == 4
+    complete(setup, claim(setup), SENT)
+    # The other operation's emails are still Sending: they are not this one's.
+    assert operation(setup, other).sending == 6
+    assert outstanding() == 0
+
+
 def test_a_blocked_sender_fails_the_emails_at_claim_and_completes_the_operation(
     setup: sa.Engine,
 ) -> None:
