@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -32,6 +33,32 @@ COLUMNS: dict[Status, orm.InstrumentedAttribute[int]] = {
 }
 _SENDING = OperationStatus.SENDING.value
 _COMPLETED = OperationStatus.COMPLETED.value
+
+
+class Move(NamedTuple):
+    """How many emails of one operation (or of none) an UPDATE moved to one status."""
+
+    operation_id: int | None
+    code: int
+    emails: int
+
+
+def counted(
+    session: orm.Session, update: sa.Update, params: dict[str, object] | None = None
+) -> list[Move]:
+    """Run an UPDATE of emails and count what it moved per operation and new status.
+
+    PostgreSQL counts (the UPDATE is a CTE): a batch's thousand rows come back as a few.
+    """
+    E = models.Email
+    moved = update.returning(E.bulk_operation_id, E.statuscode).cte("moved")
+    rows = session.connection().execute(
+        sa.select(moved.c.bulk_operation_id, moved.c.statuscode, sa.func.count()).group_by(
+            moved.c.bulk_operation_id, moved.c.statuscode
+        ),
+        params,
+    )
+    return [Move(*row) for row in rows]
 
 
 class Tally:
@@ -62,11 +89,10 @@ class Tally:
         for operation_id, count in collections.Counter(operation_ids).items():
             self.move(operation_id, source, target, count)
 
-    def move_rows(self, rows: Iterable[tuple[int | None, int]], source: Status) -> None:
-        """Emails moved from ``source``, each given as (operation id, new status code): what an
-        UPDATE ... RETURNING bulk_operation_id, statuscode says when the target varies by row."""
-        for (operation_id, code), count in collections.Counter(rows).items():
-            self.move(operation_id, source, Status(code), count)
+    def move_counted(self, moves: Iterable[Move], source: Status) -> None:
+        """Emails moved from ``source``, counted per operation and new status (``counted``)."""
+        for move in moves:
+            self.move(move.operation_id, source, Status(move.code), move.emails)
 
     def write(self, session: orm.Session, *, now: dt.datetime) -> None:
         params = [
