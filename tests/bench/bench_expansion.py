@@ -34,7 +34,7 @@ from pathlib import Path
 import psycopg
 import sqlalchemy as sa
 from bench_post_office import reference as post_office_reference
-from bench_send import CpuTime
+from bench_send import CpuTime, postmaster
 
 from bulkmail import attachments, bulk, db, mailboxes, migrate, settings, templates
 from workers import celery_app
@@ -165,7 +165,7 @@ def expand(url: str, batch: int) -> dict[str, object]:
         worker = start_worker(url, broker.url(), batch, Path(scratch) / "worker.log")
         try:
             pool = pool_process(worker)
-            meter = CpuTime({"celery": "Celery worker", "postgres": "PostgreSQL"})
+            meter = CpuTime({"Celery worker": worker.pid, "PostgreSQL": postmaster(url)})
             operation_id = submit(engine, url, broker.url())
             while True:
                 with db.session_scope(engine) as session:

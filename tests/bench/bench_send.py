@@ -51,8 +51,6 @@ from bulkmail.status import State, Status
 
 PG_ADMIN = os.environ.get("BULKMAIL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BULKMAIL = Path(sys.executable).with_name("bulkmail")
-# What else works while the pollers send: its CPU time per email is reported beside theirs.
-OTHERS = {"postgres": "PostgreSQL", "smtp-sink": "smtp-sink"}
 LINE = "The quick brown fox jumps over the lazy dog, again and again and again.\n"
 
 
@@ -71,7 +69,8 @@ def tool(name: str) -> str:
 
 
 @contextlib.contextmanager
-def smtp_sink(port: int) -> Iterator[None]:
+def smtp_sink(port: int) -> Iterator[int]:
+    """Postfix's smtp-sink on ``port``; its pid."""
     # smtp-sink refuses to run as root unless told which user to become.
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
     process = subprocess.Popen(
@@ -87,7 +86,7 @@ def smtp_sink(port: int) -> Iterator[None]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("smtp-sink did not start listening") from None
                 time.sleep(0.02)
-        yield
+        yield process.pid
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -267,14 +266,16 @@ class PeakRss:
 
 
 class CpuTime:
-    """CPU seconds (user + system) that processes of the given names spend while it runs.
+    """CPU seconds (user + system) that given processes and their children spend while it runs.
 
     Samples /proc like ``PeakRss``: PostgreSQL's backends exit with the pollers' connections,
     so their last sample is what they spent. Processes already running count from the start.
+    Only the processes named by their root's pid count: the machine is shared, and other
+    PostgreSQL servers and smtp-sinks run beside these.
     """
 
-    def __init__(self, names: dict[str, str]) -> None:
-        self._names = names  # process name (comm) -> what to report it as
+    def __init__(self, roots: dict[str, int]) -> None:
+        self._roots = {pid: label for label, pid in roots.items()}
         self._tick = os.sysconf("SC_CLK_TCK")
         self._first = self._read()
         self._last = dict(self._first)
@@ -289,11 +290,11 @@ class CpuTime:
                 continue
             with contextlib.suppress(OSError):
                 stat = (entry / "stat").read_text()
-                name = stat[stat.index("(") + 1 : stat.rindex(")")]
-                if name in self._names:
-                    fields = stat[stat.rindex(")") + 2 :].split()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                label = self._roots.get(int(entry.name)) or self._roots.get(int(fields[1]))
+                if label is not None:
                     seconds = (int(fields[11]) + int(fields[12])) / self._tick
-                    seen[int(entry.name)] = (self._names[name], seconds)
+                    seen[int(entry.name)] = (label, seconds)
         return seen
 
     def _sample(self) -> None:
@@ -304,10 +305,21 @@ class CpuTime:
         self._done.set()
         self._thread.join()
         self._last.update(self._read())
-        spent: dict[str, float] = dict.fromkeys(self._names.values(), 0.0)
+        spent: dict[str, float] = dict.fromkeys(self._roots.values(), 0.0)
         for pid, (label, seconds) in self._last.items():
             spent[label] += seconds - self._first.get(pid, (label, 0.0))[1]
         return spent
+
+
+def postmaster(url: str) -> int:
+    """The pid of the PostgreSQL server that ``url`` names (on this machine): its backends'
+    parent."""
+    libpq = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+    stat = Path(f"/proc/{row[0]}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 def children_cpu() -> float:
@@ -374,14 +386,16 @@ def main() -> None:
     tool("smtp-source")
 
     port = free_port()
-    with smtp_sink(port), fresh_database() as url:
+    with smtp_sink(port) as sink, fresh_database() as url:
         started = time.perf_counter()
         if args.rows == "bulk":
             insert_bulk(url, args.n, html_only=args.html_only)
         else:
             insert_pending(url, args.n, args.size)
         inserted = time.perf_counter() - started
-        meter, pollers_before = CpuTime(OTHERS), children_cpu()
+        # What else works while the pollers send: its CPU time per email is reported too.
+        meter = CpuTime({"PostgreSQL": postmaster(url), "smtp-sink": sink})
+        pollers_before = children_cpu()
         seconds, peaks = run_pollers(url, port, args)
         cpu = {"pollers": children_cpu() - pollers_before, **meter.stop()}
         sent = count_sent(url)
