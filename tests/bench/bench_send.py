@@ -318,7 +318,8 @@ def postmaster(url: str) -> int:
     with psycopg.connect(libpq, autocommit=True) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None
-    stat = Path(f"/proc/{row[0]}/stat").read_text()
+        # Read while connected: the backend exits with its connection.
+        stat = Path(f"/proc/{row[0]}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
