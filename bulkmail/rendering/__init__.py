@@ -168,7 +168,7 @@ def render(
         if compiled._text is not None:
             text = _render_part(compiled._text, variables, guard)
             if compiled._derived:
-                text = plaintext.tidy(text)
+                text = plaintext.tidy_derived(text)
         else:
             text = plaintext.from_html(html, guard)
     finally:

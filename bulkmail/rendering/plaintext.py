@@ -54,6 +54,7 @@ _TEXT_CONFIG: Final = ParserConfig(
     ),
 )
 _BLANK_LINES: Final = re.compile(r"\n{3,}")
+_SPACE_RUNS: Final = re.compile(r"[ \t]{2,}|\t")
 
 
 def from_html(html: str, guard: budget.Guard) -> str:
@@ -113,8 +114,9 @@ def derive_template(html: str, env: jinja2.Environment) -> str | None:
     marks landed, so a recipient's text costs a render of the text, not a layout of the HTML.
     None when the result could differ from laying out the rendered HTML: markup printed from
     values (``|safe``, macros, blocks), a block tag whose mark inscriptis drops or moves (in an
-    attribute, a ``<style>``), a block tag among the items of an ordered list, or Jinja syntax
-    in the text itself (``{% raw %}``).
+    attribute, a ``<style>``), a block tag among the items of an ordered list, Jinja syntax in
+    the text itself (``{% raw %}``), or runs of spaces or tabs in the text (``<pre>``), which
+    ``tidy_derived`` could not tell from those that values leave.
     """
     if _OPEN in html or _CLOSE in html or html.count("<") > MAX_DERIVED_TAGS:
         return None
@@ -140,6 +142,8 @@ def derive_template(html: str, env: jinja2.Environment) -> str | None:
     if not _same_places(tags, [int(number) for number in _MARK.findall(laid_out)]):
         return None
     if any(syntax in _MARK.sub("", laid_out) for syntax in ("{{", "{%", "{#")):
+        return None
+    if "  " in laid_out or "\t" in laid_out:
         return None
     return "\n".join(_restore(line, tags) for line in laid_out.split("\n"))
 
@@ -202,6 +206,15 @@ def _restore(line: str, tags: list[_Tag]) -> str:
         return f"{{%+ {found.inner} +%}}" if found.block else f"{{{{ {found.inner} }}}}"
 
     return _MARK.sub(tag, line)
+
+
+def tidy_derived(text: str) -> str:
+    """A derived template's rendered text as ``from_html`` leaves laid-out HTML: the spaces and
+    tabs around and in printed values become one space, as layout joins them (an empty first
+    name leaves "Hello  from": "Hello from"), then ``tidy``. Line breaks in values stay."""
+    if "  " in text or "\t" in text:
+        text = _SPACE_RUNS.sub(" ", text)
+    return tidy(text)
 
 
 def tidy(text: str) -> str:

@@ -36,6 +36,8 @@ MARKUP = ADA | {
     "attributes": {"plan": "pro", "seats": 12},
 }
 NO_TAGS = ADA | {"tags": [], "last_name": None}
+# Layout joins the spaces around and in values: an empty first name leaves one space, not two.
+SPACES = ADA | {"first_name": "", "last_name": " Love\t lace  ", "company": "Engines   Ltd"}
 
 
 def texts(html: str, contact: dict[str, object]) -> tuple[str, str]:
@@ -46,7 +48,9 @@ def texts(html: str, contact: dict[str, object]) -> tuple[str, str]:
     return rendered.text, laid_out
 
 
-@pytest.mark.parametrize("contact", [ADA, MARKUP, NO_TAGS], ids=["plain", "markup", "no-tags"])
+@pytest.mark.parametrize(
+    "contact", [ADA, MARKUP, NO_TAGS, SPACES], ids=["plain", "markup", "no-tags", "spaces"]
+)
 def test_a_newsletter_derives_its_text_template_once_and_reads_as_its_html(
     contact: dict[str, object],
 ) -> None:
@@ -71,6 +75,9 @@ def test_the_derived_text_keeps_links_lists_and_values_that_look_like_markup() -
     text, _ = texts(NEWSLETTER, NO_TAGS)
     assert "Hello Ada !" in text
     assert "* none yet: [add some](https://example.com/tags)" in text
+    text, _ = texts(NEWSLETTER, SPACES)
+    assert "Hello Love lace !" in text
+    assert "Free plan at Engines Ltd — here" in text
 
 
 def test_a_value_that_looks_like_an_entity_stays_as_written_in_the_derived_text() -> None:
@@ -103,14 +110,19 @@ def test_a_value_that_looks_like_an_entity_stays_as_written_in_the_derived_text(
             "<p>{% raw %}{{ not a tag }}{% endraw %}</p>",
             "{{ not a tag }}",
         ),
+        (
+            "<pre>Name:\t{{ contact.first_name }}\nPlan:  {{ contact.attributes.plan }}</pre>",
+            "Name:\tAda\nPlan:  free",
+        ),
     ],
-    ids=["safe", "macro", "ordered-list", "tag-in-attribute", "raw"],
+    ids=["safe", "macro", "ordered-list", "tag-in-attribute", "raw", "preformatted"],
 )
 def test_templates_whose_text_depends_on_each_rendered_html_lay_out_each_email(
     html: str, expected: str
 ) -> None:
     assert plaintext.derive_template(html, sandbox.ENV) is None
-    contact = ADA | {"attributes": {"bio": "<ul><li>&lt;ul&gt; in a bio</li><li>two</li></ul>"}}
+    bio = "<ul><li>&lt;ul&gt; in a bio</li><li>two</li></ul>"
+    contact = ADA | {"attributes": {"bio": bio, "plan": "free"}}
     text, laid_out = texts(html, contact)
     assert text == laid_out == expected
 
