@@ -107,7 +107,8 @@ class _Tag:
 
 
 def derive_template(html: str, env: jinja2.Environment) -> str | None:
-    """A text template that renders to what ``from_html`` makes of ``html``'s rendered output.
+    """A text template that renders to what ``from_html`` makes of the rendered output of
+    ``html``, an HTML template that compiles in ``env``.
 
     Derived once per template instead of laying out every recipient's HTML: each ``{{ … }}`` and
     ``{% … %}`` is marked, the marked HTML laid out as text, and the tags put back where their
@@ -120,10 +121,7 @@ def derive_template(html: str, env: jinja2.Environment) -> str | None:
     """
     if _OPEN in html or _CLOSE in html or html.count("<") > MAX_DERIVED_TAGS:
         return None
-    try:
-        tree = env.parse(html)
-    except jinja2.TemplateSyntaxError:
-        return None
+    tree = env.parse(html)  # it compiled as the html part already
     if any(True for _ in tree.find_all(_MARKUP_NODES)) or any(
         node.name in _MARKUP_FILTERS for node in tree.find_all(nodes.Filter)
     ):
