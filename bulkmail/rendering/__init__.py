@@ -73,7 +73,7 @@ SAMPLE_EMAIL: Final[Mapping[str, object]] = types.MappingProxyType(
 class CompiledTemplate:
     """The compiled parts of one template: render it any number of times, from any thread."""
 
-    __slots__ = ("_html", "_subject", "_text", "limits")
+    __slots__ = ("_derived", "_html", "_subject", "_text", "limits")
 
     def __init__(
         self,
@@ -81,11 +81,13 @@ class CompiledTemplate:
         subject: jinja2.Template,
         html: jinja2.Template,
         text: jinja2.Template | None,
+        derived: bool = False,
         limits: Limits,
     ) -> None:
         self._subject = subject
         self._html = html
         self._text = text
+        self._derived = derived  # the text template was derived from the HTML template
         self.limits = limits
 
 
@@ -94,12 +96,23 @@ def compile_template(
 ) -> CompiledTemplate:
     """Compile the three parts, or raise ``InvalidInput`` naming the part and line at fault.
 
-    A missing or blank text part is derived from each rendered HTML body instead.
+    A missing or blank text part is derived from the HTML: as a text template derived from the
+    HTML template where it can be, else from each rendered HTML body.
     """
+    compiled_html = sandbox.compile_part("html", html)
+    if text and not text.isspace():
+        return CompiledTemplate(
+            subject=sandbox.compile_part("subject", subject),
+            html=compiled_html,
+            text=sandbox.compile_part("text", text),
+            limits=limits,
+        )
+    derived = plaintext.derive_template(html, sandbox.ENV)
     return CompiledTemplate(
         subject=sandbox.compile_part("subject", subject),
-        html=sandbox.compile_part("html", html),
-        text=sandbox.compile_part("text", text) if text and not text.isspace() else None,
+        html=compiled_html,
+        text=None if derived is None else sandbox.compile_part("derived text", derived),
+        derived=derived is not None,
         limits=limits,
     )
 
@@ -154,6 +167,8 @@ def render(
         html = _render_part(compiled._html, variables, guard)
         if compiled._text is not None:
             text = _render_part(compiled._text, variables, guard)
+            if compiled._derived:
+                text = plaintext.tidy_derived(text)
         else:
             text = plaintext.from_html(html, guard)
     finally:

@@ -4,9 +4,10 @@ A fresh PostgreSQL database with --n contacts (default 100,000) and a 2 KB templ
 text), Postfix's smtp-sink as the server, one Celery worker (prefork, one process) expanding and
 --pollers poller processes (default 2) sending while the expansion is still writing. The clock
 runs from the submit to the moment the operation's sent counter reaches its created count.
-The reference is django-post_office's end-to-end rate for the same template on this machine
-(store with send_many, then send_queued_mail), measured by bench_post_office.py (``--reference``
-gives a rate measured before, as ``make bench`` does).
+The reference is django-post_office's end-to-end rate for the same template on this machine at
+its best (store with send_many, then send_queued_mail with the processes, batch size and threads
+that delivered fastest), measured by bench_post_office.py (``--reference`` gives a rate measured
+before, as ``make bench`` does). The target is a ratio of at least 10.
 Run: .venv/bin/python tests/bench/bench_end_to_end.py [--n N] [--pollers K] [--reference R] [--json]
 """
 
@@ -125,10 +126,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=100_000, help="recipients")
     parser.add_argument("--pollers", type=int, default=2, help="poller processes")
-    parser.add_argument("--reference", type=float, help="post_office's end-to-end rate [measured]")
+    parser.add_argument("--reference", type=float, help="post_office's best end to end [measured]")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    reference = args.reference or post_office_reference(min(args.n, 20_000))["end_to_end_per_s"]
+    reference = (
+        args.reference or (post_office_reference(min(args.n, 20_000))["best_end_to_end_per_s"])
+    )
     result = run(args.n, args.pollers)
     result.update(reference=round(reference), ratio=round(result["rate"] / reference, 2))
     if args.json:
