@@ -122,8 +122,9 @@ class Dovecot:
         """Give ``user``'s INBOX a new UIDVALIDITY, its messages new UIDs: as a server does
         when a mailbox is restored or rebuilt. Dovecot must not hold the folder open."""
         maildir = self.folder / "mail" / user
-        for name in ("dovecot-uidlist", "dovecot.index", "dovecot.index.cache", "dovecot.index.log"):
+        for name in ("dovecot-uidlist", "dovecot.index", "dovecot.index.cache"):
             (maildir / name).unlink(missing_ok=True)
+        (maildir / "dovecot.index.log").unlink(missing_ok=True)
         time.sleep(1.1)  # UIDVALIDITY is the creation time in seconds
 
 
@@ -173,9 +174,11 @@ def own_dovecot() -> Iterator[Dovecot]:
                 break
         else:
             log_text = (folder / "stderr.log").read_text(errors="replace")
-            log_text += (folder / "dovecot.log").read_text(errors="replace") if (
-                folder / "dovecot.log"
-            ).exists() else ""
+            log_text += (
+                (folder / "dovecot.log").read_text(errors="replace")
+                if (folder / "dovecot.log").exists()
+                else ""
+            )
             services.missing("Dovecot", f"it did not start: {log_text[-500:]}")
         yield server
     finally:
