@@ -1,9 +1,10 @@
 """A Dovecot of the test run's own: IMAP and POP3 on free loopback ports, in a temporary folder.
 
 Debian 12's ``dovecot-imapd`` and ``dovecot-pop3d`` (``.ci/services`` installs them). Users live
-in a passwd-file with plaintext passwords, logins are allowed in clear on loopback, and mail is
-Maildir under the folder. Messages are put in with IMAP APPEND, as a mail server delivers them.
-The server is stopped, and its folder removed, when the ``with`` block ends.
+are any name with the one password ``PASSWORD`` (a static passdb: a passwd-file is re-read at
+most once a second, so a user added right after a login would be refused), logins are allowed in
+clear on loopback, and mail is Maildir under the folder. Messages are put in with IMAP APPEND,
+as a mail server delivers them. The server is stopped, and its folder removed, when the ``with`` block ends.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tests import services
 from tests.servers import free_port
 
 DOVECOT = "/usr/sbin/dovecot"
+PASSWORD = "s3cret"
 
 # Dovecot 2.3 refuses a ``{`` block on one line, and mailbox access for a uid below
 # first_valid_uid (the dovecot user is ~109): both are spelled out here.
@@ -47,12 +49,12 @@ first_valid_gid = 1
 mail_location = maildir:{folder}/mail/%u
 pop3_uidl_format = %08Xu%08Xv
 passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {folder}/users
+  driver = static
+  args = password={password}
 }}
 userdb {{
-  driver = passwd-file
-  args = username_format=%u {folder}/users
+  driver = static
+  args = uid={uid} gid={gid} home={folder}/home/%u
 }}
 service imap-login {{
   inet_listener imap {{
@@ -76,28 +78,16 @@ service pop3-login {{
 
 
 class Dovecot:
-    """A running Dovecot: add users, put messages in their mailboxes, read what is there."""
+    """A running Dovecot: put messages in users' mailboxes, read what is there."""
 
-    def __init__(self, folder: Path, imap_port: int, pop3_port: int, owner: pwd.struct_passwd):
+    def __init__(self, folder: Path, imap_port: int, pop3_port: int):
         self.folder = folder
         self.imap_port = imap_port
         self.pop3_port = pop3_port
-        self._owner = owner
-        self._users: dict[str, str] = {}
-
-    def add_user(self, name: str, password: str) -> None:
-        """A login ``name`` with ``password`` (read by Dovecot at each login: no restart)."""
-        self._users[name] = password
-        home = self.folder / "home"
-        lines = [
-            f"{user}:{{PLAIN}}{secret}:{self._owner.pw_uid}:{self._owner.pw_gid}::{home}/{user}"
-            for user, secret in self._users.items()
-        ]
-        (self.folder / "users").write_text("\n".join(lines) + "\n")
 
     def client(self, user: str) -> imapclient.IMAPClient:
         client = imapclient.IMAPClient("127.0.0.1", port=self.imap_port, ssl=False, timeout=10)
-        client.login(user, self._users[user])
+        client.login(user, PASSWORD)
         return client
 
     def append(self, user: str, messages: Iterable[bytes], folder: str = "INBOX") -> int:
@@ -154,8 +144,7 @@ def own_dovecot() -> Iterator[Dovecot]:
     atexit.register(remove)
     try:
         for _ in range(3):
-            server = Dovecot(folder, free_port(), free_port(), internal)
-            server.add_user("probe", "probe")
+            server = Dovecot(folder, free_port(), free_port())
             config = folder / "dovecot.conf"
             config.write_text(
                 CONFIG.format(
@@ -164,6 +153,9 @@ def own_dovecot() -> Iterator[Dovecot]:
                     internal_group=group,
                     imap_port=server.imap_port,
                     pop3_port=server.pop3_port,
+                    password=PASSWORD,
+                    uid=internal.pw_uid,
+                    gid=internal.pw_gid,
                 )
             )
             with (folder / "stderr.log").open("ab") as log:

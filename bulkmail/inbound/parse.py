@@ -170,6 +170,8 @@ def _body(message: Message, result: Parsed, max_attachment: int) -> None:
     beyond = 0
     for part in _leaves(message):
         content_type = part.get_content_type()
+        if part.get_content_maintype() == "multipart":
+            content_type = "text/plain"  # its boundary is missing: what it holds is text
         disposition = (part.get("content-disposition") or "").split(";")[0].strip().lower()
         file_name = _file_name(part)
         inline_text = content_type in ("text/plain", "text/html") and disposition != "attachment"

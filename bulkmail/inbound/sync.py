@@ -325,8 +325,10 @@ def _finish(
         "blocked_reason": blocked,
     }
     if error is not None:
-        # Backoff: the interval, doubling with each failure in a row, at most backoff_max.
-        wait = min(options.interval * 2 ** min(failures, 20), options.backoff_max)
+        # Backoff: the interval (1 s at least), doubling with each failure in a row, at most
+        # backoff_max.
+        first = max(options.interval, dt.timedelta(seconds=1))
+        wait = min(first * 2 ** min(failures, 20), options.backoff_max)
         values.update(failures=failures + 1, last_error=error[:1000], next_sync_at=now + wait)
     else:
         values["next_sync_at"] = now if again_now else now + options.interval
