@@ -4,7 +4,8 @@ Debian 12's ``dovecot-imapd`` and ``dovecot-pop3d`` (``.ci/services`` installs t
 are any name with the one password ``PASSWORD`` (a static passdb: a passwd-file is re-read at
 most once a second, so a user added right after a login would be refused), logins are allowed in
 clear on loopback, and mail is Maildir under the folder. Messages are put in with IMAP APPEND,
-as a mail server delivers them. The server is stopped, and its folder removed, when the ``with`` block ends.
+as a mail server delivers them. The server is stopped, and its folder removed, when the
+``with`` block ends.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ log_path = {folder}/dovecot.log
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# A refused login answers at once, not after Dovecot's 2 s: the tests refuse some on purpose.
+auth_failure_delay = 0
 default_internal_user = {internal}
 default_internal_group = {internal_group}
 default_login_user = {internal}
