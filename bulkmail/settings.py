@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     )
     inbound_lease_seconds: float = Field(
         default=defaults.INBOUND_LEASE_SECONDS,
-        ge=5,
+        ge=1,
         description="How long an inbound worker holds a mailbox without renewing its lease",
     )
     inbound_backoff_max: float = Field(

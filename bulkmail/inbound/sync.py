@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import imapclient
 import sqlalchemy as sa
-from sqlalchemy import orm
+from sqlalchemy import exc, orm
 
 from bulkmail import db, errors, mailboxes, models, organization
 from bulkmail.inbound import bounces, profiles, servers, store
@@ -192,11 +192,21 @@ class _Sync:
             if not done.rowcount:  # type: ignore[attr-defined]
                 raise LeaseLost(f"lost the lease on {self.target.mailbox}")
 
-    def _store(self, key: store.Key, raw: bytes, *, rekey: bool) -> None:
-        with db.transaction(self.engine) as session:
-            outcome = store.store(session, self.target, key, raw, rekey=rekey)
-        if outcome is store.Outcome.IMPORTED:
-            self.imported += 1
+    def _store(self, messages: list[tuple[store.Key, bytes]], *, rekey: bool) -> None:
+        """Store ``messages`` in one transaction; should another worker have stored one of them
+        meanwhile (it held the lease before it expired), one by one, skipping those."""
+        try:
+            with db.transaction(self.engine) as session:
+                outcomes = store.store(session, self.target, messages, rekey=rekey)
+                store.count(session, self.target.mailbox, outcomes)
+        except exc.IntegrityError:
+            outcomes = []
+            for message in messages:
+                with db.transaction(self.engine) as session:
+                    outcome = store.store(session, self.target, [message], rekey=rekey)
+                    store.count(session, self.target.mailbox, outcome)
+                outcomes += outcome
+        self.imported += sum(outcome.kind is not None for outcome in outcomes)
 
     def imap(self, password: str) -> None:
         endpoint, state = self.state.endpoint, self.state
@@ -206,9 +216,10 @@ class _Sync:
             uidvalidity = int(info[b"UIDVALIDITY"])
             # A new UIDVALIDITY (or the first sync): UIDs start over; what is stored already is
             # recognised by its Message-ID instead of being imported twice.
-            rekey = uidvalidity != state.uidvalidity
-            start = 1 if rekey else state.last_uid + 1
-            if rekey:
+            renumbered = uidvalidity != state.uidvalidity
+            start = 1 if renumbered else state.last_uid + 1
+            rekey = renumbered and self._has_mail()
+            if renumbered:
                 self._renew(uidvalidity=uidvalidity, last_uid=0)
             uids = sorted(uid for uid in client.search(["UID", f"{start}:*"]) if uid >= start)
             for chunk in _chunks(uids, CHUNK):
@@ -216,10 +227,18 @@ class _Sync:
                     return
                 self._renew()
                 stored = self._stored_uids(uidvalidity, chunk)
-                for uid, raw in _fetch(client, [u for u in chunk if u not in stored]):
-                    self._store(store.Key(uidvalidity=uidvalidity, uid=uid), raw, rekey=rekey)
+                fetched = _fetch(client, [u for u in chunk if u not in stored])
+                keys = [(store.Key(uidvalidity=uidvalidity, uid=uid), raw) for uid, raw in fetched]
+                self._store(keys, rekey=rekey)
                 self._after_imap(client, chunk)
                 self._renew(last_uid=chunk[-1])
+
+    def _has_mail(self) -> bool:
+        with db.transaction(self.engine) as session:
+            found = session.scalar(
+                sa.select(I.email_id).where(I.mailbox == self.target.mailbox).limit(1)
+            )
+        return found is not None
 
     def _stored_uids(self, uidvalidity: int, uids: Sequence[int]) -> set[int]:
         with db.transaction(self.engine) as session:
@@ -264,11 +283,14 @@ class _Sync:
                             )
                         )
                     )
-                for number, uidl in chunk:
-                    if uidl not in stored:
-                        raw = b"\r\n".join(client.retr(number)[1]) + b"\r\n"
-                        self._store(store.Key(uidl=uidl), raw, rekey=False)
-                    if self.state.after is profiles.AfterImport.DELETE:
+                fetched = [
+                    (store.Key(uidl=uidl), b"\r\n".join(client.retr(number)[1]) + b"\r\n")
+                    for number, uidl in chunk
+                    if uidl not in stored
+                ]
+                self._store(fetched, rekey=False)
+                if self.state.after is profiles.AfterImport.DELETE:
+                    for number, _ in chunk:
                         client.dele(number)
 
 
