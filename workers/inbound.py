@@ -52,6 +52,7 @@ class Config:
             exit_when_idle=exit_when_idle,
             options=sync.Options(
                 secret_key=config.secret_key,
+                idle=not exit_when_idle,
                 lease=dt.timedelta(seconds=config.inbound_lease_seconds),
                 interval=dt.timedelta(seconds=poll_interval or config.inbound_poll_interval),
                 backoff_max=dt.timedelta(seconds=config.inbound_backoff_max),

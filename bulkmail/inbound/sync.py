@@ -1,4 +1,4 @@
-"""One sync of one incoming mailbox, under a lease on its profile row.
+"""One sync of one incoming mailbox, under a lease on its profile row; IMAP IDLE where offered.
 
 A worker claims due mailboxes (``claim``), syncs each (``run``) and the lease ends with the sync
 state written: last attempt, last success, what failed, why the mailbox is not synced, and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -33,6 +34,9 @@ MAX_FETCH_BYTES = 16 << 20  # one FETCH asks for at most this much (a 50 MB mess
 @dataclass(frozen=True, kw_only=True)
 class Options:
     secret_key: str | None
+    # IMAP servers that offer IDLE: after a sync, wait there for new mail for the poll
+    # interval instead of logging out (the worker's --exit-when-idle turns it off).
+    idle: bool
     lease: dt.timedelta
     interval: dt.timedelta
     backoff_max: dt.timedelta
@@ -143,7 +147,8 @@ def run(
         _finish(engine, profile_id, worker, options, error=str(error), failures=state.failures)
         log.warning("%s: %s", address, error)
         return Result(mailbox=address, imported=sync.imported, error=str(error))
-    _finish(engine, profile_id, worker, options, again_now=stop())
+    # After IDLE the poll interval has passed already: the mailbox is due again at once.
+    _finish(engine, profile_id, worker, options, again_now=stop() or sync.idled)
     return Result(mailbox=address, imported=sync.imported)
 
 
@@ -180,6 +185,7 @@ class _Sync:
         self.engine, self.profile_id, self.worker = engine, profile_id, worker
         self.options, self.target, self.state, self.stop = options, target, state, stop
         self.imported = 0
+        self.idled = False  # watched the mailbox in IMAP IDLE for the poll interval
 
     def _renew(self, **values: object) -> None:
         """Extend the lease (and save ``values``), or raise ``LeaseLost``."""
@@ -221,17 +227,40 @@ class _Sync:
             rekey = renumbered and self._has_mail()
             if renumbered:
                 self._renew(uidvalidity=uidvalidity, last_uid=0)
-            uids = sorted(uid for uid in client.search(["UID", f"{start}:*"]) if uid >= start)
-            for chunk in _chunks(uids, CHUNK):
-                if self.stop():
+            idle = self.options.idle and client.has_capability("IDLE")
+            while True:
+                uids = sorted(u for u in client.search(["UID", f"{start}:*"]) if u >= start)
+                for chunk in _chunks(uids, CHUNK):
+                    if self.stop():
+                        return
+                    self._renew()
+                    stored = self._stored_uids(uidvalidity, chunk)
+                    fetched = _fetch(client, [u for u in chunk if u not in stored])
+                    keys = [(store.Key(uidvalidity=uidvalidity, uid=u), raw) for u, raw in fetched]
+                    self._store(keys, rekey=rekey)
+                    self._after_imap(client, chunk)
+                    self._renew(last_uid=chunk[-1])
+                    start = chunk[-1] + 1
+                if not idle or not self._idle(client):
                     return
-                self._renew()
-                stored = self._stored_uids(uidvalidity, chunk)
-                fetched = _fetch(client, [u for u in chunk if u not in stored])
-                keys = [(store.Key(uidvalidity=uidvalidity, uid=uid), raw) for uid, raw in fetched]
-                self._store(keys, rekey=rekey)
-                self._after_imap(client, chunk)
-                self._renew(last_uid=chunk[-1])
+
+    def _idle(self, client: imapclient.IMAPClient) -> bool:
+        """Wait in IMAP IDLE, for at most the poll interval, until a message arrives (True)."""
+        self.idled = True
+        deadline = time.monotonic() + self.options.interval.total_seconds()
+        renewed = time.monotonic()
+        client.idle()
+        try:
+            while not self.stop() and (left := deadline - time.monotonic()) > 0:
+                if time.monotonic() - renewed > self.options.lease.total_seconds() / 4:
+                    self._renew()
+                    renewed = time.monotonic()
+                for response in client.idle_check(timeout=min(1.0, left)):
+                    if len(response) > 1 and response[1] == b"EXISTS":
+                        return True
+        finally:
+            client.idle_done()
+        return False
 
     def _has_mail(self) -> bool:
         with db.transaction(self.engine) as session:

@@ -32,6 +32,7 @@ BENCHMARKS: list[tuple[str, str, int, list[str]]] = [
     # One poller per core: what a two-core machine would run.
     ("bench_send.py", "--n", 100_000, ["--pollers", "2"]),
     ("bench_end_to_end.py", "--n", 100_000, []),
+    ("bench_inbound.py", "--n", 20_000, []),
 ]
 
 

@@ -4,9 +4,13 @@ server that refuses the login backing off while the other mailboxes go on."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import threading
+import time
 import uuid
 from collections.abc import Callable
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from tests.dovecot import Dovecot
 KEY = Fernet.generate_key().decode()
 OPTIONS = sync.Options(
     secret_key=KEY,
+    idle=False,
     lease=dt.timedelta(seconds=60),
     interval=dt.timedelta(0),
     backoff_max=dt.timedelta(seconds=60),
@@ -325,3 +330,41 @@ def test_a_refused_login_backs_off_and_the_other_mailboxes_go_on(
     assert (state["failures"], state["last_error"]) == (1, refused)
     assert row.next_sync_at > models.utcnow()  # backed off: not due again at once
     assert "not-the-password" not in str(state)
+
+
+def test_imap_idle_imports_new_mail_at_once(
+    engine: sa.Engine,
+    dovecot_server: Dovecot,
+    mailbox_user: str,
+    configure: Callable[..., None],
+) -> None:
+    with db.session_scope(engine) as session:
+        mailboxes.add_queue(session, name="News", email=QUEUE)
+    dovecot_server.append(mailbox_user, [mailsamples.plain("a@example.com", QUEUE, "first")])
+    configure(QUEUE, mailbox_user)
+    # Polling alone would look again in a minute; IDLE hears of the next message at once.
+    idling = dataclasses.replace(OPTIONS, idle=True, interval=dt.timedelta(minutes=1))
+    stop = threading.Event()
+    [profile_id] = sync.claim(engine, "w1", 1, idling.lease)
+    with futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(sync.run, engine, profile_id, "w1", idling, stop.is_set)
+        _wait_for(lambda: len(incoming(engine)) == 1)
+        time.sleep(0.3)  # in IDLE by now
+        dovecot_server.append(mailbox_user, [mailsamples.plain("b@example.com", QUEUE, "second")])
+        _wait_for(lambda: len(incoming(engine)) == 2)
+        assert not running.done()  # still watching the mailbox
+        stop.set()
+        result = running.result(timeout=5)
+    assert (result.imported, result.error) == (2, None)
+    assert [r["subject"] for r in incoming(engine)] == ["first", "second"]
+    with db.session_scope(engine) as session:
+        row = profiles.get(session, QUEUE)
+    assert row.lease_owner is None  # released
+    assert row.next_sync_at <= models.utcnow()  # due again at once
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
