@@ -101,6 +101,9 @@ def main() -> None:
                 check=True,
             )
             seconds = time.perf_counter() - started
+            # ru_maxrss in KiB: the largest child waited for so far, the worker (Dovecot, also
+            # a child, still runs).
+            peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             with engine.connect() as connection:
                 imported = connection.scalar(sa.text("SELECT count(*) FROM incoming_emails"))
                 blobs = connection.scalar(sa.text("SELECT count(*) FROM attachment_blobs"))
@@ -109,7 +112,6 @@ def main() -> None:
         admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     if imported != args.n:
         sys.exit(f"imported {imported} of {args.n} messages")
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     rate = args.n / seconds
     result = {
         "phase": "inbound: IMAP import (worker inbound, start to exit)",
