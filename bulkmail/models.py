@@ -493,6 +493,7 @@ class IncomingProfile(Base):
     port: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     username: orm.Mapped[str] = orm.mapped_column(sa.String(320))
     folder: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    ca_file: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     after_import: orm.Mapped[str] = orm.mapped_column(sa.String(10))
     move_to: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
     password_encrypted: orm.Mapped[bytes | None] = orm.mapped_column(sa.LargeBinary)

@@ -1,6 +1,7 @@
 """A Dovecot of the test run's own: IMAP and POP3 on free loopback ports, in a temporary folder.
 
-Debian 12's ``dovecot-imapd`` and ``dovecot-pop3d`` (``.ci/services`` installs them). Users live
+Debian 12's ``dovecot-imapd`` and ``dovecot-pop3d`` (``.ci/services`` installs them), with a
+self-signed certificate for the TLS ports (IMAPS, POP3S) and STARTTLS on the others. Users
 are any name with the one password ``PASSWORD`` (a static passdb: a passwd-file is re-read at
 most once a second, so a user added right after a login would be refused), logins are allowed in
 clear on loopback, and mail is Maildir under the folder. Messages are put in with IMAP APPEND,
@@ -39,7 +40,9 @@ listen = 127.0.0.1
 base_dir = {folder}/run
 state_dir = {folder}/state
 log_path = {folder}/dovecot.log
-ssl = no
+ssl = yes
+ssl_cert = <{folder}/cert.pem
+ssl_key = <{folder}/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 # A refused login answers at once, not after Dovecot's 2 s: the tests refuse some on purpose.
@@ -65,7 +68,8 @@ service imap-login {{
     port = {imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port}
   }}
 }}
 service pop3-login {{
@@ -74,7 +78,8 @@ service pop3-login {{
     port = {pop3_port}
   }}
   inet_listener pop3s {{
-    port = 0
+    address = 127.0.0.1
+    port = {pop3s_port}
   }}
 }}
 """
@@ -83,10 +88,12 @@ service pop3-login {{
 class Dovecot:
     """A running Dovecot: put messages in users' mailboxes, read what is there."""
 
-    def __init__(self, folder: Path, imap_port: int, pop3_port: int):
+    def __init__(self, folder: Path, ports: list[int]):
         self.folder = folder
-        self.imap_port = imap_port
-        self.pop3_port = pop3_port
+        # IMAP and POP3 offer STARTTLS; IMAPS and POP3S are TLS from the start.
+        self.imap_port, self.pop3_port, self.imaps_port, self.pop3s_port = ports
+        # The self-signed certificate of 127.0.0.1 and localhost: a client's CA file.
+        self.certificate = folder / "cert.pem"
 
     def client(self, user: str) -> imapclient.IMAPClient:
         client = imapclient.IMAPClient("127.0.0.1", port=self.imap_port, ssl=False, timeout=10)
@@ -136,6 +143,7 @@ def own_dovecot() -> Iterator[Dovecot]:
     for path in (folder, folder / "mail", folder / "home", folder / "state"):
         os.chown(path, internal.pw_uid, internal.pw_gid)
     folder.chmod(0o755)
+    _certificate(folder)
     process: subprocess.Popen[bytes] | None = None
 
     def remove() -> None:
@@ -147,7 +155,7 @@ def own_dovecot() -> Iterator[Dovecot]:
     atexit.register(remove)
     try:
         for _ in range(3):
-            server = Dovecot(folder, free_port(), free_port())
+            server = Dovecot(folder, [free_port() for _ in range(4)])
             config = folder / "dovecot.conf"
             config.write_text(
                 CONFIG.format(
@@ -156,6 +164,8 @@ def own_dovecot() -> Iterator[Dovecot]:
                     internal_group=group,
                     imap_port=server.imap_port,
                     pop3_port=server.pop3_port,
+                    imaps_port=server.imaps_port,
+                    pop3s_port=server.pop3s_port,
                     password=PASSWORD,
                     uid=internal.pw_uid,
                     gid=internal.pw_gid,
@@ -182,13 +192,16 @@ def own_dovecot() -> Iterator[Dovecot]:
 
 
 def _answers(server: Dovecot, process: subprocess.Popen[bytes], timeout: float = 10) -> bool:
-    """Wait until both ports greet; False if Dovecot exits first (a port was taken)."""
+    """Wait until the ports answer (the plain ones greet; the TLS ones wait for the client's
+    hello, so a connection is enough); False if Dovecot exits first (a port was taken)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
             for port in (server.imap_port, server.pop3_port):
                 with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
                     probe.recv(64)
+            for port in (server.imaps_port, server.pop3s_port):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return True
         except OSError:
             time.sleep(0.05)
@@ -196,3 +209,21 @@ def _answers(server: Dovecot, process: subprocess.Popen[bytes], timeout: float =
         process.kill()
     process.wait()
     return False
+
+
+def _certificate(folder: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 and localhost, and its key, in ``folder``."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        services.missing("openssl", "not installed (`make services` installs it)")
+    assert openssl is not None
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-nodes", "-days", "1", "-subj", "/CN=localhost"),
+            *("-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )

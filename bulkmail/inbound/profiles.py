@@ -35,7 +35,10 @@ _SCHEMES = {
     "pop3s": ("pop3", "tls", 995),
     "pop3": ("pop3", "plain", 110),
 }
-_EXAMPLE = "imaps://user@host:993/INBOX, imap://user@host/INBOX?starttls=true or pop3s://user@host"
+_EXAMPLE = (
+    "imaps://user@host:993/INBOX, imap://user@host/INBOX?starttls=true or pop3s://user@host "
+    "(ca_file=PATH trusts a CA of your own)"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +51,7 @@ class Endpoint:
     port: int
     username: str
     folder: str
+    ca_file: str | None = None  # trust this CA bundle instead of the system's
 
     def url(self) -> str:
         """The URL as a user gives it, never with a password."""
@@ -55,7 +59,10 @@ class Endpoint:
         user = urllib.parse.quote(self.username, safe="")
         host = f"[{self.host}]" if ":" in self.host else self.host
         path = f"/{urllib.parse.quote(self.folder)}" if self.protocol == "imap" else ""
-        query = "?starttls=true" if self.security == "starttls" else ""
+        options = {"starttls": "true"} if self.security == "starttls" else {}
+        if self.ca_file is not None:
+            options["ca_file"] = self.ca_file
+        query = f"?{urllib.parse.urlencode(options)}" if options else ""
         return f"{scheme}://{user}@{host}:{self.port}{path}{query}"
 
 
@@ -81,11 +88,13 @@ def parse_url(url: str) -> Endpoint:
     if not parts.username or not parts.hostname:
         raise errors.InvalidInput(f"the incoming URL needs a user name and a host, like {_EXAMPLE}")
     query = urllib.parse.parse_qs(parts.query)
-    unknown = sorted(set(query) - {"starttls"})
+    unknown = sorted(set(query) - {"starttls", "ca_file"})
     if unknown:
         raise errors.InvalidInput(
-            f"the incoming URL has unknown parameters {', '.join(unknown)}; only starttls=true"
+            f"the incoming URL has unknown parameters {', '.join(unknown)}; known: starttls=true, "
+            "ca_file=PATH"
         )
+    ca_file = query.get("ca_file", [None])[-1] or None
     if query.get("starttls", ["false"])[-1].lower() in ("true", "1", "yes"):
         if security == "tls":
             raise errors.InvalidInput(
@@ -110,6 +119,7 @@ def parse_url(url: str) -> Endpoint:
         port=port or default_port,
         username=urllib.parse.unquote(parts.username),
         folder=folder,
+        ca_file=ca_file,
     )
 
 
@@ -130,6 +140,7 @@ def endpoint(profile: models.IncomingProfile) -> Endpoint:
         port=profile.port,
         username=profile.username,
         folder=profile.folder,
+        ca_file=profile.ca_file,
     )
 
 
@@ -180,6 +191,7 @@ def set_profile(
     profile.protocol, profile.security = target.protocol, target.security
     profile.host, profile.port = target.host, target.port
     profile.username, profile.folder = target.username, target.folder
+    profile.ca_file = target.ca_file
     profile.after_import, profile.move_to = after_import.value, move_to
     profile.password_encrypted = encrypted
     profile.password_file = password_file if keep_file else None

@@ -59,6 +59,15 @@ def translated(endpoint: Endpoint) -> Iterator[None]:
         ) from None
 
 
+def _tls(endpoint: Endpoint) -> ssl.SSLContext:
+    """Certificates checked against the system's CAs, or the profile's ``ca_file``."""
+    try:
+        return ssl.create_default_context(cafile=endpoint.ca_file)
+    except (OSError, ssl.SSLError) as error:
+        why = getattr(error, "strerror", None) or error
+        raise ServerError(f"cannot read the CA file {endpoint.ca_file}: {why}") from None
+
+
 def _text(error: BaseException) -> str:
     value = error.args[0] if error.args else error
     if isinstance(value, bytes):
@@ -73,12 +82,16 @@ def imap(
     """A logged-in IMAP session; logged out when the block ends."""
     with translated(endpoint):
         client = imapclient.IMAPClient(
-            endpoint.host, port=endpoint.port, ssl=endpoint.security == "tls", timeout=timeout
+            endpoint.host,
+            port=endpoint.port,
+            ssl=endpoint.security == "tls",
+            ssl_context=_tls(endpoint) if endpoint.security == "tls" else None,
+            timeout=timeout,
         )
     try:
         with translated(endpoint):
             if endpoint.security == "starttls":
-                client.starttls(ssl.create_default_context())
+                client.starttls(_tls(endpoint))
             client.login(endpoint.username, password)
         yield client
     finally:
@@ -93,14 +106,14 @@ def pop3(endpoint: Endpoint, password: str, *, timeout: float = 30) -> Iterator[
     with translated(endpoint):
         if endpoint.security == "tls":
             client: poplib.POP3 = poplib.POP3_SSL(
-                endpoint.host, endpoint.port, timeout=timeout, context=ssl.create_default_context()
+                endpoint.host, endpoint.port, timeout=timeout, context=_tls(endpoint)
             )
         else:
             client = poplib.POP3(endpoint.host, endpoint.port, timeout=timeout)
     try:
         with translated(endpoint):
             if endpoint.security == "starttls":
-                client.stls(ssl.create_default_context())
+                client.stls(_tls(endpoint))
             client.user(endpoint.username)
             try:
                 client.pass_(password)

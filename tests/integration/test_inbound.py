@@ -368,3 +368,37 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_tls_and_starttls_with_a_ca_file_and_an_untrusted_certificate_refused(
+    engine: sa.Engine,
+    dovecot_server: Dovecot,
+    mailbox_user: str,
+    password_file: str,
+) -> None:
+    with db.session_scope(engine) as session:
+        mailboxes.add_queue(session, name="News", email=QUEUE)
+        mailboxes.add_user(session, name="Pat", email="pat@example.org")
+        mailboxes.add_user(session, name="Sam", email="sam@example.org")
+    dovecot_server.append(mailbox_user, [mailsamples.plain("a@example.com", QUEUE, "secure")])
+    ca = f"ca_file={dovecot_server.certificate}"
+    urls = {
+        QUEUE: f"imaps://{mailbox_user}@127.0.0.1:{dovecot_server.imaps_port}/INBOX?{ca}",
+        "pat@example.org": f"pop3://{mailbox_user}@localhost:{dovecot_server.pop3_port}"
+        f"?starttls=true&{ca}",
+        "sam@example.org": f"imaps://{mailbox_user}@127.0.0.1:{dovecot_server.imaps_port}",
+    }
+    with db.session_scope(engine) as session:
+        for address, url in urls.items():
+            profiles.set_profile(
+                session, address, url=url, password_file=password_file, secret_key=KEY
+            )
+
+    results = {r.mailbox: r for r in sync_due(engine)}
+
+    assert (results[QUEUE].imported, results[QUEUE].error) == (1, None)
+    assert (results["pat@example.org"].imported, results["pat@example.org"].error) == (1, None)
+    assert results["sam@example.org"].error == (
+        f"TLS with the imap server 127.0.0.1:{dovecot_server.imaps_port} failed: "
+        "CERTIFICATE_VERIFY_FAILED"
+    )

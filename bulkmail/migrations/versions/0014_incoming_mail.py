@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("port", sa.Integer(), nullable=False),
         sa.Column("username", sa.String(320), nullable=False),
         sa.Column("folder", sa.String(255), nullable=False),
+        sa.Column("ca_file", sa.Text()),
         sa.Column("after_import", sa.String(10), nullable=False),
         sa.Column("move_to", sa.String(255)),
         sa.Column("password_encrypted", sa.LargeBinary()),
