@@ -402,3 +402,30 @@ def test_tls_and_starttls_with_a_ca_file_and_an_untrusted_certificate_refused(
         f"TLS with the imap server 127.0.0.1:{dovecot_server.imaps_port} failed: "
         "CERTIFICATE_VERIFY_FAILED"
     )
+
+
+def test_a_50_mb_message_is_imported_with_its_attachment_by_size(
+    engine: sa.Engine,
+    dovecot_server: Dovecot,
+    mailbox_user: str,
+    configure: Callable[..., None],
+) -> None:
+    with db.session_scope(engine) as session:
+        mailboxes.add_queue(session, name="News", email=QUEUE)
+    video = bytes(range(256)) * (36 * 4096)  # 37.7 MB, 50 MB in base64
+    big = mailsamples.with_attachment("a@example.com", QUEUE, "talk.mp4", video)
+    assert len(big) > 50_000_000
+    dovecot_server.append(
+        mailbox_user, [big, mailsamples.plain("b@example.com", QUEUE, "after the big one")]
+    )
+    configure(QUEUE, mailbox_user)
+
+    assert [(r.imported, r.error) for r in sync_due(engine)] == [(2, None)]
+
+    first, second = incoming(engine)
+    assert first["subject"] == "file talk.mp4"
+    assert first["size"] >= len(big)  # as the server keeps it: its line breaks are CRLF
+    assert first["omitted_attachments"] == [
+        {"file_name": "talk.mp4", "mime_type": "application/pdf", "size": len(video)}
+    ]
+    assert second["subject"] == "after the big one"
