@@ -127,15 +127,13 @@ def run(
             max_attachment=organization.get(session).max_upload_size,
             soft_limit=options.soft_limit,
         )
-        password = None if blocked else _password(profile, options)
     if blocked is not None:
         _finish(engine, profile_id, worker, options, blocked=blocked)
         return Result(mailbox=address, blocked=blocked)
     sync = _Sync(engine, profile_id, worker, options, target, state, stop)
     try:
-        if isinstance(password, errors.BulkmailError):
-            raise password
-        assert password is not None
+        # The profile's loaded columns outlive the transaction (expire_on_commit is off).
+        password = profiles.password(profile, options.secret_key)
         if state.endpoint.protocol == "imap":
             sync.imap(password)
         else:
@@ -150,13 +148,6 @@ def run(
     # After IDLE the poll interval has passed already: the mailbox is due again at once.
     _finish(engine, profile_id, worker, options, again_now=stop() or sync.idled)
     return Result(mailbox=address, imported=sync.imported)
-
-
-def _password(profile: P, options: Options) -> str | errors.BulkmailError:
-    try:
-        return profiles.password(profile, options.secret_key)
-    except errors.BulkmailError as error:
-        return error
 
 
 @dataclass(kw_only=True)
