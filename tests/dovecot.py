@@ -54,6 +54,8 @@ first_valid_uid = 1
 first_valid_gid = 1
 mail_location = maildir:{folder}/mail/%u
 pop3_uidl_format = %08Xu%08Xv
+# IDLE hears of new mail through inotify, else by looking this often (Dovecot's default: 30 s).
+mailbox_idle_check_interval = 1 secs
 passdb {{
   driver = static
   args = password={password}
