@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from bulkmail import db, emails, mailboxes, models, organization
-from bulkmail.inbound import bounces, monitor, profiles, sync
+from bulkmail.inbound import bounces, monitor, profiles, store, sync
 from bulkmail.status import ApprovalStatus, Direction, Status
 from tests import bulkops, dovecot, mailsamples
 from tests.dovecot import Dovecot
@@ -429,3 +429,33 @@ def test_a_50_mb_message_is_imported_with_its_attachment_by_size(
         {"file_name": "talk.mp4", "mime_type": "application/pdf", "size": len(video)}
     ]
     assert second["subject"] == "after the big one"
+
+
+def test_soft_bounces_stop_bulk_email_once_they_reach_the_limit_in_the_window(
+    engine: sa.Engine,
+) -> None:
+    bulkops.seed(engine)
+    [contact_id] = bulkops.add_contacts(engine, 1, email="full@example.com")
+    operation_id = bulkops.submit(engine)
+    bulkops.expand(engine, operation_id)
+    bulkops.complete(engine, bulkops.claim(engine), bulkops.SENT)
+    [sent] = bulkops.emails_of(engine, operation_id)
+    target = store.Target(mailbox=QUEUE, max_attachment=1_000, soft_limit=OPTIONS.soft_limit)
+
+    def bounce(uid: int, status: str) -> tuple[bool, str | None]:
+        raw = mailsamples.postfix_dsn(
+            QUEUE, "full@example.com", sent.message_id, status=status, action="delayed"
+        )
+        with db.session_scope(engine) as session:
+            store.store(session, target, [(store.Key(uidvalidity=1, uid=uid), raw)])
+        with db.session_scope(engine) as session:
+            contact = session.get(models.Contact, contact_id)
+            assert contact is not None
+            return contact.do_not_bulk_email, contact.do_not_bulk_email_reason
+
+    assert bounce(1, "4.2.2") == (False, None)  # one of the two the window allows
+    suppressed, reason = bounce(2, "4.2.2")
+    assert suppressed
+    assert reason is not None
+    assert reason.startswith(f"2 soft bounces within 7 days, the last of email {sent.id}")
+    assert bulkops.operation(engine, operation_id).bounces == 2
