@@ -305,6 +305,13 @@ def reconcile(
     return stale
 
 
+def bounce_rate(operation: models.BulkOperation) -> float | None:
+    """Bounces per email sent (0.02 is 2 %; complaints apart), None before any was sent."""
+    if not operation.sent:
+        return None
+    return round(operation.bounces / operation.sent, 4)
+
+
 def as_dict(operation: models.BulkOperation) -> dict[str, object]:
     """The operation as scripts see it in ``--json``."""
 
@@ -327,6 +334,10 @@ def as_dict(operation: models.BulkOperation) -> dict[str, object]:
         "sent": operation.sent,
         "failed": operation.failed,
         "canceled": operation.canceled,
+        "replies": operation.replies,
+        "bounces": operation.bounces,
+        "complaints": operation.complaints,
+        "bounce_rate": bounce_rate(operation),
         "checkpoint": operation.checkpoint,
         "created_at": models.isoformat(operation.created_at),
         "started_at": models.isoformat(operation.started_at),

@@ -19,3 +19,9 @@ RETRY_FIRST_SECONDS = 60.0  # wait before the first retry; it doubles after each
 RETRY_MAX_SECONDS = 3_600.0  # the longest wait between two attempts
 MAX_ATTEMPTS = 10  # delivery attempts before an email fails
 MAX_LIFETIME_SECONDS = 5 * 24 * 3_600.0  # age after which an email is not retried any more
+
+# Incoming mail (bulkmail worker inbound).
+INBOUND_POLL_INTERVAL_SECONDS = 60.0
+INBOUND_CONCURRENCY = 4
+INBOUND_LEASE_SECONDS = 120.0
+INBOUND_BACKOFF_MAX_SECONDS = 3600.0

@@ -179,11 +179,14 @@ def list_emails(
     sender: str | None = None,
     recipient: str | None = None,
     bulk_operation_id: int | None = None,
+    direction: status.Direction | None = None,
+    mailbox: str | None = None,
     limit: int = 100,
 ) -> list[models.Email]:
     """Emails matching every given filter, newest first.
 
-    ``recipient`` matches an address in the to, cc or bcc list, whatever its case.
+    ``recipient`` matches an address in the to, cc or bcc list, whatever its case; ``mailbox``
+    the incoming emails of a user's or queue's mailbox.
     """
     if limit < 1:
         raise errors.InvalidInput("limit must be at least 1")
@@ -196,6 +199,15 @@ def list_emails(
         query = query.where(models.Email.from_address == mailboxes.normalize_email(sender))
     if bulk_operation_id is not None:
         query = query.where(models.Email.bulk_operation_id == bulk_operation_id)
+    if mailbox is not None or direction is status.Direction.INCOMING:
+        # Incoming emails are found through their own table's indexes, not by a scan of emails.
+        query = query.join(models.IncomingEmail, models.IncomingEmail.email_id == models.Email.id)
+        if mailbox is not None:
+            query = query.where(
+                models.IncomingEmail.mailbox == mailboxes.find(session, mailbox).email
+            )
+    elif direction is not None:
+        query = query.where(models.Email.direction == int(direction))
     return list(session.scalars(query))
 
 

@@ -138,6 +138,8 @@ class Contact(Base):
     do_not_bulk_email: orm.Mapped[bool] = orm.mapped_column(
         sa.Boolean, default=False, server_default=sa.false()
     )
+    # Why bulk email stopped when bulkmail stopped it (a hard bounce, a complaint: migration 0014).
+    do_not_bulk_email_reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
     modified_at: orm.Mapped[dt.datetime] = orm.mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow
@@ -438,6 +440,11 @@ class BulkOperation(Base):
     sent: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
     failed: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
     canceled: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    # What came back (migration 0014): replies (auto-replies not counted), bounces (hard, soft and
+    # policy), complaints. Moved when the incoming email is stored.
+    replies: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0, server_default="0")
+    bounces: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0, server_default="0")
+    complaints: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0, server_default="0")
     last_error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
     started_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
@@ -449,3 +456,132 @@ class BulkOperation(Base):
     @property
     def current_status(self) -> OperationStatus:
         return OperationStatus(self.status)
+
+
+class IncomingProfile(Base):
+    """Where a user's or queue's incoming mail is fetched from, and how its sync is going.
+
+    The password is Fernet-encrypted (``password_encrypted``) or read from ``password_file`` at
+    each sync; never stored in clear. The lease columns make one process sync the mailbox at a
+    time; the rest is the sync state that monitoring shows.
+    """
+
+    __tablename__ = "incoming_profiles"
+    __table_args__ = (
+        sa.CheckConstraint("(user_id IS NULL) <> (queue_id IS NULL)", name="one_mailbox"),
+        sa.CheckConstraint("protocol IN ('imap', 'pop3')", name="protocol"),
+        sa.CheckConstraint("security IN ('tls', 'starttls', 'plain')", name="security"),
+        sa.CheckConstraint("after_import IN ('leave', 'seen', 'move', 'delete')", name="after"),
+        sa.CheckConstraint(
+            "(password_encrypted IS NULL) <> (password_file IS NULL)", name="one_password"
+        ),
+        # The inbound workers' look for mailboxes due a sync.
+        sa.Index("ix_incoming_profiles_next_sync_at", "next_sync_at"),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    user_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("system_users.id", ondelete="CASCADE"), unique=True
+    )
+    queue_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("queues.id", ondelete="CASCADE"), unique=True
+    )
+    mailbox: orm.Mapped[str] = orm.mapped_column(sa.String(320))
+    protocol: orm.Mapped[str] = orm.mapped_column(sa.String(4))
+    security: orm.Mapped[str] = orm.mapped_column(sa.String(8))
+    host: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    port: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    username: orm.Mapped[str] = orm.mapped_column(sa.String(320))
+    folder: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    ca_file: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    after_import: orm.Mapped[str] = orm.mapped_column(sa.String(10))
+    move_to: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+    password_encrypted: orm.Mapped[bytes | None] = orm.mapped_column(sa.LargeBinary)
+    password_file: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    lease_owner: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
+    lease_expires_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    next_sync_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+    uidvalidity: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
+    last_uid: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    failures: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0)
+    last_attempt_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    last_success_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    last_error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    blocked_reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    # Counters by kind of what this mailbox imported (IncomingKind), for monitoring.
+    imported: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    counts: orm.Mapped[dict[str, int]] = orm.mapped_column(Json, default=dict)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+
+
+class IncomingEmail(Base):
+    """What an imported email (direction incoming, status Received) adds to its email row.
+
+    One row per message of a mailbox: its IMAP key (UIDVALIDITY, UID) or POP3 UIDL is unique,
+    so a crash and a restart, or two workers, never import a message twice.
+    """
+
+    __tablename__ = "incoming_emails"
+    __table_args__ = (
+        sa.Index(
+            "uq_incoming_emails_mailbox_uidvalidity_uid",
+            "mailbox",
+            "uidvalidity",
+            "uid",
+            unique=True,
+        ),
+        sa.Index("uq_incoming_emails_mailbox_uidl", "mailbox", "uidl", unique=True),
+        # A new UIDVALIDITY: what is stored already is found by its Message-ID.
+        sa.Index("ix_incoming_emails_mailbox_message_id", "mailbox", "message_id"),
+        # ``email list --direction incoming --mailbox``, newest first.
+        sa.Index("ix_incoming_emails_mailbox_email_id", "mailbox", "email_id"),
+    )
+
+    email_id: orm.Mapped[int] = orm.mapped_column(
+        sa.ForeignKey("emails.id", ondelete="CASCADE"), primary_key=True
+    )
+    mailbox: orm.Mapped[str] = orm.mapped_column(sa.String(320))
+    uidvalidity: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
+    uid: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
+    uidl: orm.Mapped[str | None] = orm.mapped_column(sa.String(70))
+    message_id: orm.Mapped[str | None] = orm.mapped_column(sa.String(998))
+    in_reply_to: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    references: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
+    date: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    size: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    kind: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger)
+    # The email of ours it replies to or reports on (a bounce, a complaint).
+    replied_email_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("emails.id", ondelete="SET NULL"), index=True
+    )
+    # Parts over the organization's size limit: name, type and size, without their bytes.
+    omitted_attachments: orm.Mapped[list[dict[str, Any]]] = orm.mapped_column(Json, default=list)
+    # What could not be read (bad charsets, parts beyond the limit): stored with the rest.
+    problems: orm.Mapped[list[str]] = orm.mapped_column(Json, default=list)
+
+
+class EmailBounce(Base):
+    """A bounce or complaint about one of our emails, from a DSN or a feedback report."""
+
+    __tablename__ = "email_bounces"
+    __table_args__ = (
+        sa.CheckConstraint("kind IN (1, 2, 3, 4)", name="kind"),
+        # Soft bounces of a contact within the window.
+        sa.Index("ix_email_bounces_contact_id_bounced_at", "contact_id", "bounced_at"),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    email_id: orm.Mapped[int] = orm.mapped_column(
+        sa.ForeignKey("emails.id", ondelete="CASCADE"), index=True
+    )
+    report_email_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("emails.id", ondelete="SET NULL")
+    )
+    contact_id: orm.Mapped[int | None] = orm.mapped_column(
+        sa.ForeignKey("contacts.id", ondelete="SET NULL")
+    )
+    kind: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger)
+    recipient: orm.Mapped[str | None] = orm.mapped_column(sa.String(320))
+    status: orm.Mapped[str | None] = orm.mapped_column(sa.String(20))
+    diagnostic: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    bounced_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)

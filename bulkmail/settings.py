@@ -107,6 +107,42 @@ class Settings(BaseSettings):
         description="Seconds between two runs of the reconciler (Celery beat)",
     )
 
+    secret_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="Fernet key that encrypts incoming mailboxes' passwords in the database; "
+        "unset: profiles must name a password file (--keep-file)",
+    )
+    inbound_poll_interval: float = Field(
+        default=defaults.INBOUND_POLL_INTERVAL_SECONDS,
+        ge=0.1,
+        description="Seconds between two syncs of an incoming mailbox",
+    )
+    inbound_concurrency: int = Field(
+        default=defaults.INBOUND_CONCURRENCY,
+        ge=1,
+        le=100,
+        description="Mailboxes one inbound worker syncs at the same time",
+    )
+    inbound_lease_seconds: float = Field(
+        default=defaults.INBOUND_LEASE_SECONDS,
+        ge=1,
+        description="How long an inbound worker holds a mailbox without renewing its lease",
+    )
+    inbound_backoff_max: float = Field(
+        default=defaults.INBOUND_BACKOFF_MAX_SECONDS,
+        ge=1,
+        description="Longest wait before retrying a mailbox whose server failed (doubling)",
+    )
+    soft_bounce_limit: int = Field(
+        default=3,
+        ge=1,
+        description="Soft bounces of a contact within the window that stop bulk email to it",
+    )
+    soft_bounce_window_days: float = Field(
+        default=7.0, gt=0, description="The window soft bounces are counted in, in days"
+    )
+
 
 # Settings holding URLs, which may carry a password (user:password@host).
 _URLS = ("database_url", "broker_url", "smtp_url", "redis_url")

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from bulkmail import compose, emails, sending
-from bulkmail.status import Priority, Status
+from bulkmail.inbound import monitor
+from bulkmail.status import Direction, Priority, Status
 from cli import output
 from cli.app import App, TextFile, cancel_wait_option, json_option, pass_app
 
@@ -100,6 +101,7 @@ def show(app: App, email_id: int, as_json: bool) -> None:
     """Show one email."""
     with app.session() as session:
         data = emails.as_dict(emails.get(session, email_id))
+        data.update(monitor.email_links(session, email_id))
     if as_json:
         output.emit_json(data)
     else:
@@ -163,6 +165,12 @@ def delete(app: App, email_id: int) -> None:
     "--to", "recipient", metavar="ADDRESS", help="Only emails to ADDRESS (to, cc or bcc; any case)."
 )
 @click.option("--operation", type=int, metavar="ID", help="Only this bulk operation's emails.")
+@click.option("--direction", type=click.Choice(["incoming", "outgoing"]))
+@click.option(
+    "--mailbox",
+    metavar="ADDRESS",
+    help="Only the emails received in this user's or queue's mailbox.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @json_option
 @pass_app
@@ -172,6 +180,8 @@ def list_(
     sender: str | None,
     recipient: str | None,
     operation: int | None,
+    direction: str | None,
+    mailbox: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
@@ -186,6 +196,8 @@ def list_(
                 sender=sender,
                 recipient=recipient,
                 bulk_operation_id=operation,
+                direction=None if direction is None else Direction[direction.upper()],
+                mailbox=mailbox,
                 limit=limit,
             )
         ]

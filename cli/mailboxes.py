@@ -6,7 +6,7 @@ import click
 
 from bulkmail import mailboxes
 from bulkmail.status import ApprovalStatus
-from cli import output
+from cli import incoming, output
 from cli.app import App, json_option, pass_app
 
 COLUMNS = ["id", "name", "email", "approval_status"]
@@ -85,7 +85,10 @@ def list_queues(app: App, as_json: bool) -> None:
 
 @click.group()
 def mailbox() -> None:
-    """Approve or reject the address of a user or queue."""
+    """Approve or reject the address of a user or queue; its incoming mail."""
+
+
+mailbox.add_command(incoming.incoming)
 
 
 def _decide(app: App, address: str, actor: str, decision: ApprovalStatus) -> None:

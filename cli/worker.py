@@ -34,6 +34,53 @@ def _knob(
 
 
 @worker.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 100),
+    help="Mailboxes synced at the same time "
+    f"[BULKMAIL_INBOUND_CONCURRENCY; default {defaults.INBOUND_CONCURRENCY}]",
+)
+@_knob(
+    "--poll-interval",
+    click.FloatRange(min=0.1),
+    "INBOUND_POLL_INTERVAL",
+    defaults.INBOUND_POLL_INTERVAL_SECONDS,
+    "Seconds between two syncs of a mailbox.",
+    True,
+)
+@click.option("--exit-when-idle", is_flag=True, help="Exit once no mailbox is due a sync.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning"]),
+    default="info",
+    show_default=True,
+)
+@pass_app
+def inbound(
+    app: App,
+    concurrency: int | None,
+    poll_interval: float | None,
+    exit_when_idle: bool,
+    log_level: str,
+) -> None:
+    """Sync the incoming mailboxes of users and queues until stopped (SIGTERM/SIGINT)."""
+    # Imported here: the poller need not load IMAP, POP3 and the cryptography package.
+    from workers import inbound as inbound_process
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    inbound_process.run(
+        inbound_process.Config.from_settings(
+            app.settings,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            exit_when_idle=exit_when_idle,
+        )
+    )
+
+
+@worker.command()
 @click.option("--concurrency", type=click.IntRange(1, 1000), help="SMTP connections [URL's or 8].")
 @_knob(
     "--batch",

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from bulkmail import db, migrate
-from tests import servers, services
+from tests import dovecot, servers, services
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,4 +80,12 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 def redis_server() -> Iterator[servers.OwnRedis]:
     """A redis-server of the suite's own, started when a test first needs it."""
     with servers.own_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_server() -> Iterator[dovecot.Dovecot]:
+    """A Dovecot of the suite's own (IMAP and POP3), started when a test first needs it; each
+    test makes users of its own on it."""
+    with dovecot.own_dovecot() as server:
         yield server

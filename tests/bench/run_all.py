@@ -37,6 +37,7 @@ BENCHMARKS: list[tuple[str, str, int, list[str]]] = [
     # The figure of earlier releases: text-only rows without an operation.
     ("bench_send.py", "--n", 100_000, ["--pollers", "2", "--rows", "bare"]),
     ("bench_end_to_end.py", "--n", 100_000, []),
+    ("bench_inbound.py", "--n", 20_000, []),
 ]
 
 
