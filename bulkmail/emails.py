@@ -167,6 +167,9 @@ def delete(session: orm.Session, email_id: int) -> None:
             f"email {email_id} is being sent right now; wait for the outcome, then delete it"
         )
     blobs = attachments.blob_ids(session, attachments.Owner(email_id=email_id))
+    session.execute(
+        sa.delete(models.DeliveryAttempt).where(models.DeliveryAttempt.email_id == email_id)
+    )
     session.delete(email)
     session.flush()
     attachments.collect_garbage(session, blobs)

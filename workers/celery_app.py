@@ -34,6 +34,8 @@ def make_app(config: settings.Settings) -> Celery:
                 "task": "bulkmail.reconcile",
                 "schedule": config.reconcile_interval,
             },
+            # Beat is the one process that prunes the delivery history.
+            "prune-delivery-history": {"task": "bulkmail.prune_history", "schedule": 3600.0},
         },
     )
     return app

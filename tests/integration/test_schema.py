@@ -203,7 +203,7 @@ def test_the_idn_migration_stores_domains_as_a_labels(
                 sender_user_id=user_id, sender_address="ops@bücher.example", query=""
             )
         )
-    migrate.downgrade(engine, "-1")
+    migrate.downgrade(engine, "0011")
     mailserver.insert_pending(engine, user_id, 1, from_address="ops@bücher.example")
 
     migrate.upgrade(engine)

@@ -1,0 +1,186 @@
+"""Delivery history in PostgreSQL: the attempt log and the per-minute rollups.
+
+Written in the transactions that move the emails (``outbox.complete`` and ``outbox.reap``), so
+the dashboard and ``/metrics`` are exact with any number of pollers and survive restarts:
+
+* ``delivery_attempts``: one narrow row per SMTP outcome, inserted for a whole batch at once;
+* ``reply_rollups``: attempts per minute, outcome and reply code;
+* ``send_rollups``: emails moved to Sent, back to Pending Send (retried) or to Failed per
+  minute, bulk operation and sender.
+
+Rollup rows are written after the emails and the operations' counters, in key order, so two
+transactions never wait for each other in a circle. ``prune`` (Celery beat's hourly task) folds
+rollups older than the retention into the minute 1970-01-01 of their key, keeping totals exact,
+and deletes older attempts.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import enum
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from bulkmail import db, tally
+from bulkmail.status import Status
+
+# The minute that holds the totals of pruned rollups.
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+_REPLY = re.compile(r"([2-5]\d\d)(?:[ -]([245]\.\d{1,3}\.\d{1,3})(?!\S))?")
+
+
+class Outcome(enum.IntEnum):
+    """What one delivery attempt ended in; the values are stored."""
+
+    DELIVERED = 1  # 2xx: the server took the message
+    TEMPORARY = 2  # 4xx, a broken connection or a timeout: tried again later
+    PERMANENT = 3  # 5xx, or a message no server can take
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Attempt:
+    email_id: int
+    outcome: Outcome
+    reply: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pruned:
+    send_rollups: int = 0
+    reply_rollups: int = 0
+    attempts: int = 0
+
+
+def parse_reply(reply: str) -> tuple[int | None, str | None]:
+    """The reply code and enhanced status code (RFC 3463) a stored reply starts with."""
+    match = _REPLY.match(reply)
+    if match is None:
+        return None, None
+    return int(match.group(1)), match.group(2)
+
+
+def minute_of(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def record_attempts(
+    session: orm.Session, attempts: Sequence[Attempt], *, worker: str, now: dt.datetime
+) -> None:
+    """Log one row per attempt and count them in the minute's reply rollups."""
+    if not attempts:
+        return
+    rows = []
+    counts: collections.Counter[tuple[int, int]] = collections.Counter()
+    for attempt in attempts:
+        code, enhanced = parse_reply(attempt.reply)
+        rows.append((attempt.email_id, int(attempt.outcome), code, enhanced, attempt.reply))
+        counts[int(attempt.outcome), code or 0] += 1
+    connection = session.connection()
+    # One statement for the batch, its rows as one JSON parameter (as the completion does).
+    connection.execute(
+        sa.text(
+            "INSERT INTO delivery_attempts"
+            " (email_id, attempted_at, worker, outcome, code, enhanced_code, reply)"
+            " SELECT (r->>0)::bigint, :now, :worker, (r->>1)::smallint, (r->>2)::smallint,"
+            " r->>3, r->>4 FROM json_array_elements(CAST(:rows AS json)) AS r"
+        ),
+        {"now": now, "worker": worker, "rows": json.dumps(rows)},
+    )
+    connection.execute(
+        sa.text(
+            "INSERT INTO reply_rollups (minute, outcome, code, attempts)"
+            " VALUES (:minute, :outcome, :code, :attempts)"
+            " ON CONFLICT (minute, outcome, code)"
+            " DO UPDATE SET attempts = reply_rollups.attempts + excluded.attempts"
+        ),
+        [
+            {"minute": minute_of(now), "outcome": outcome, "code": code, "attempts": n}
+            for (outcome, code), n in sorted(counts.items())
+        ],
+    )
+
+
+_ROLLED = {Status.SENT: 0, Status.PENDING_SEND: 1, Status.FAILED: 2}
+
+
+def roll(session: orm.Session, moves: Iterable[tally.Move], *, now: dt.datetime) -> None:
+    """Count moves out of Sending into the minute's send rollups: to Sent as sent, to Pending
+    Send as retried, to Failed as failed (a move to Canceled is none of these)."""
+    counts: dict[tuple[int, str], list[int]] = {}
+    for move in moves:
+        column = _ROLLED.get(Status(move.code))
+        if column is None or move.emails == 0:
+            continue
+        key = (move.operation_id or 0, move.sender)
+        counts.setdefault(key, [0, 0, 0])[column] += move.emails
+    if not counts:
+        return
+    session.connection().execute(
+        sa.text(
+            "INSERT INTO send_rollups (minute, bulk_operation_id, sender, sent, retried, failed)"
+            " VALUES (:minute, :op, :sender, :sent, :retried, :failed)"
+            " ON CONFLICT (minute, bulk_operation_id, sender) DO UPDATE SET"
+            " sent = send_rollups.sent + excluded.sent,"
+            " retried = send_rollups.retried + excluded.retried,"
+            " failed = send_rollups.failed + excluded.failed"
+        ),
+        [
+            {
+                "minute": minute_of(now),
+                "op": op,
+                "sender": sender,
+                "sent": sent,
+                "retried": retried,
+                "failed": failed,
+            }
+            for (op, sender), (sent, retried, failed) in sorted(counts.items())
+        ],
+    )
+
+
+def prune(session: orm.Session, *, keep: dt.timedelta, now: dt.datetime) -> Pruned:
+    """Fold rollups older than ``keep`` into the totals of their key; delete older attempts."""
+    cutoff = minute_of(now - keep)
+    params = {"cutoff": cutoff, "epoch": EPOCH}
+    folded_sends = session.execute(
+        sa.text(
+            "WITH old AS (DELETE FROM send_rollups WHERE minute < :cutoff AND minute > :epoch"
+            " RETURNING *), totals AS ("
+            " INSERT INTO send_rollups (minute, bulk_operation_id, sender, sent, retried, failed)"
+            " SELECT :epoch, bulk_operation_id, sender, sum(sent), sum(retried), sum(failed)"
+            " FROM old GROUP BY bulk_operation_id, sender ORDER BY 2, 3"
+            " ON CONFLICT (minute, bulk_operation_id, sender) DO UPDATE SET"
+            " sent = send_rollups.sent + excluded.sent,"
+            " retried = send_rollups.retried + excluded.retried,"
+            " failed = send_rollups.failed + excluded.failed)"
+            " SELECT count(*) FROM old"
+        ),
+        params,
+    ).scalar_one()
+    folded_replies = session.execute(
+        sa.text(
+            "WITH old AS (DELETE FROM reply_rollups WHERE minute < :cutoff AND minute > :epoch"
+            " RETURNING *), totals AS ("
+            " INSERT INTO reply_rollups (minute, outcome, code, attempts)"
+            " SELECT :epoch, outcome, code, sum(attempts) FROM old GROUP BY outcome, code"
+            " ORDER BY 2, 3 ON CONFLICT (minute, outcome, code)"
+            " DO UPDATE SET attempts = reply_rollups.attempts + excluded.attempts)"
+            " SELECT count(*) FROM old"
+        ),
+        params,
+    ).scalar_one()
+    deleted = session.execute(
+        sa.text("DELETE FROM delivery_attempts WHERE attempted_at < :cutoff"), params
+    )
+    return Pruned(
+        send_rollups=int(folded_sends),
+        reply_rollups=int(folded_replies),
+        attempts=db.rowcount(deleted),
+    )
