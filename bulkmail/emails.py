@@ -183,14 +183,19 @@ def list_emails(
     recipient: str | None = None,
     bulk_operation_id: int | None = None,
     limit: int = 100,
+    newest: int | None = None,
 ) -> list[models.Email]:
     """Emails matching every given filter, newest first.
 
-    ``recipient`` matches an address in the to, cc or bcc list, whatever its case.
+    ``recipient`` matches an address in the to, cc or bcc list, whatever its case. ``newest``
+    looks only at that many of the newest emails (by id): a bound on the rows read.
     """
     if limit < 1:
         raise errors.InvalidInput("limit must be at least 1")
     query = sa.select(models.Email).order_by(models.Email.id.desc()).limit(limit)
+    if newest is not None:
+        last = sa.select(sa.func.max(models.Email.id)).scalar_subquery()
+        query = query.where(models.Email.id > last - newest)
     if recipient is not None:
         query = query.where(_addressed_to(recipient))
     if status_filter is not None:

@@ -44,7 +44,7 @@ def _emails(session: orm.Session, request: Request, now: dt.datetime) -> Data:
         operation_id=int(operation) if operation else None,
         message_id=query["message_id"] or None,
     )
-    return {"query": query, "emails": found}
+    return {"query": query, "emails": found, "window": dashboard.SEARCH_WINDOW}
 
 
 def _email(session: orm.Session, request: Request, now: dt.datetime) -> Data:
