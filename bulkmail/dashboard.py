@@ -303,8 +303,9 @@ def email(session: orm.Session, email_id: int) -> Data:
 
 
 def workers(session: orm.Session, now: dt.datetime) -> list[Data]:
-    """Every poller: where it runs, when it was last seen (lost past three heartbeats), its
-    totals, the claims it holds and its rate over the last ``RATE_WINDOW``."""
+    """Every poller and Celery worker: where it runs, when it was last seen (lost past three
+    heartbeats), and for pollers their totals, the claims they hold and their rate over the
+    last ``RATE_WINDOW``."""
     held = dict(
         session.execute(
             sa.select(E.claimed_by, sa.func.count())
