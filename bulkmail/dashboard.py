@@ -11,12 +11,25 @@ them, the JSON API returns them as they are.
 from __future__ import annotations
 
 import datetime as dt
+from email import parser as email_parser
+from email import policy as email_policy
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import attachments, bulk, defaults, emails, history, mailboxes, models, tally
+from bulkmail import (
+    attachments,
+    bulk,
+    compose,
+    defaults,
+    emails,
+    errors,
+    history,
+    mailboxes,
+    models,
+    tally,
+)
 from bulkmail.models import OperationStatus
 from bulkmail.status import Status
 
@@ -279,9 +292,17 @@ def search_emails(
 
 
 def email(session: orm.Session, email_id: int) -> Data:
-    """One email: its fields, bodies, attachments and every delivery attempt."""
+    """One email: its fields, the headers of its message as built, bodies, attachments and
+    every delivery attempt."""
     found = emails.get(session, email_id)
     data = emails.as_dict(found)
+    try:
+        built = compose.message_bytes(session, email_id)
+    except errors.BulkmailError as error:
+        data["headers"], data["headers_error"] = [], str(error)
+    else:
+        parsed = email_parser.BytesHeaderParser(policy=email_policy.compat32).parsebytes(built)
+        data["headers"] = [[name, str(value)] for name, value in parsed.items()]
     data["attachments"] = [
         attachments.as_dict(listed)
         for listed in attachments.list_for(session, attachments.Owner(email_id=email_id))

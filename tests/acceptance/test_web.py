@@ -66,7 +66,10 @@ def test_the_overview_follows_a_bulk_send_and_cancel_stops_it(
     # Slow enough that the send takes about 15 s: the browser sees it move, and the cancel
     # comes in the middle. One recipient is refused, so failures show too.
     ledger = mailserver.Ledger(delay=0.06)
-    ledger.rcpt_replies["c3@example.com"] = "550 5.1.1 no such user"
+    # The poller sends two claimed batches at once and a cancel withdraws what it has not
+    # handed over: one refused recipient early in each batch makes sure one is refused.
+    for refused_address in ("c3@example.com", "c1003@example.com"):
+        ledger.rcpt_replies[refused_address] = "550 5.1.1 no such user"
     screenshots = tmp_path / "screenshots"
     screenshots.mkdir()
     page = chromium.new_page(viewport={"width": 1400, "height": 1200})  # type: ignore[attr-defined]
@@ -102,7 +105,7 @@ def test_the_overview_follows_a_bulk_send_and_cancel_stops_it(
         page.screenshot(path=screenshots / "operation-canceled.png", full_page=True)
         # What the page says, the JSON says, and the database says.
         shown = {k: int(page.locator(f"#{k}").inner_text()) for k in ("sent", "canceled")}
-        assert poller.process.poll() is None
+        assert poller.process.poll() is None, poller.log()[-3000:]
     bulkops.assert_counters_match_the_emails(engine, operation_id)
     stored = bulkops.operation(engine, operation_id)
     assert (stored.status, stored.sending, stored.pending) == ("canceled", 0, 0)
@@ -124,11 +127,16 @@ def test_the_overview_follows_a_bulk_send_and_cancel_stops_it(
     with db.session_scope(engine) as session:
         refused = session.scalars(
             sa.select(models.Email).where(models.Email.statuscode == int(Status.FAILED))
-        ).one()
-        refused_id = refused.id
+        ).first()
+        assert refused is not None
+        refused_id, refused_message_id = refused.id, refused.message_id
+        refused_to = list(refused.to_addresses)
     page.goto(f"{web.url}/emails/{refused_id}")
     attempts = page.locator("#attempts").inner_text()
     assert "550 5.1.1 no such user" in attempts
+    headers = page.locator("#headers").inner_text()
+    assert f"<{refused_message_id}>" in headers
+    assert refused_to[0] in headers
     assert "permanent" in attempts
     page.screenshot(path=screenshots / "email.png", full_page=True)
 
