@@ -134,7 +134,8 @@ def send_series(
         query = query.where(R.bulk_operation_id == operation_id)
     rows = {t: (int(a), int(b), int(c)) for t, a, b, c in session.execute(query)}
     first = _bin(start, bucket)
-    times = [first + bucket * i for i in range(int(span / bucket) + 1)]
+    last = max([_bin(history.minute_of(now), bucket), *rows])
+    times = [first + bucket * i for i in range((last - first) // bucket + 1)]
     # Aware datetimes: equal instants are equal keys, whatever the session's time zone.
     values = [rows.get(t, (0, 0, 0)) for t in times]
     return {
@@ -220,7 +221,14 @@ def operation(session: orm.Session, operation_id: int, now: dt.datetime) -> Data
     rate = _rates(session, now, [found.id]).get(found.id, 0.0)
     data = _operation_row(found, rate, now)
     start = found.started_at or found.created_at
-    end = found.completed_at or now
+    # Outcomes of what pollers had handed to SMTP before a cancel arrive after it.
+    R = models.SendRollup
+    latest = session.scalar(
+        sa.select(sa.func.max(R.minute)).where(
+            R.bulk_operation_id == operation_id, R.minute > history.EPOCH
+        )
+    )
+    end = max(found.completed_at or now, latest or start)
     span = max(dt.timedelta(minutes=10), end - start + dt.timedelta(minutes=1))
     bucket = max(dt.timedelta(minutes=1), _round_minutes(span / 120))
     data["series"] = send_series(session, end, span, bucket, operation_id=operation_id)
