@@ -54,10 +54,6 @@ RATE_WINDOW = dt.timedelta(minutes=2)
 _COUNTED = (Status.PENDING_SEND, Status.SENDING, Status.SENT, Status.FAILED, Status.CANCELED)
 
 
-def iso(value: dt.datetime | None) -> str | None:
-    return models.isoformat(value)
-
-
 def emails_by_status(session: orm.Session) -> dict[str, int]:
     """Every status's emails now: the operations' counters plus the emails of no operation."""
     totals = session.execute(
@@ -293,7 +289,7 @@ def search_emails(
             "subject": e.subject,
             "bulk_operation_id": e.bulk_operation_id,
             "delivery_attempts": e.delivery_attempts,
-            "modified_at": iso(e.modified_at),
+            "modified_at": models.isoformat(e.modified_at),
         }
         for e in found
     ]
@@ -319,7 +315,7 @@ def email(session: orm.Session, email_id: int) -> Data:
     attempts = session.scalars(sa.select(A).where(A.email_id == email_id).order_by(A.id))
     data["attempts"] = [
         {
-            "at": iso(a.attempted_at),
+            "at": models.isoformat(a.attempted_at),
             "worker": a.worker,
             "outcome": history.Outcome(a.outcome).name.lower(),
             "code": a.code,
@@ -370,9 +366,9 @@ def workers(session: orm.Session, now: dt.datetime) -> list[Data]:
                 "host": beat.host,
                 "pid": beat.pid,
                 "state": state,
-                "started_at": iso(beat.started_at),
-                "last_seen_at": iso(beat.last_seen_at),
-                "stopped_at": iso(beat.stopped_at),
+                "started_at": models.isoformat(beat.started_at),
+                "last_seen_at": models.isoformat(beat.last_seen_at),
+                "stopped_at": models.isoformat(beat.stopped_at),
                 "sent": beat.sent,
                 "retried": beat.retried,
                 "failed": beat.failed,
@@ -396,7 +392,7 @@ def overview(session: orm.Session, now: dt.datetime) -> Data:
         sa.select(sa.func.count()).where(Op.status == OperationStatus.EXPANDING.value)
     )
     return {
-        "now": iso(now),
+        "now": models.isoformat(now),
         "emails": emails_by_status(session),
         "rates": {name: send_series(session, now, span, bucket) for name, span, bucket in WINDOWS},
         "oldest_pending_age_seconds": oldest_pending_age(session, now),

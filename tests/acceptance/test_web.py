@@ -139,6 +139,9 @@ def test_the_overview_follows_a_bulk_send_and_cancel_stops_it(
     assert refused_to[0] in headers
     assert "permanent" in attempts
     page.screenshot(path=screenshots / "email.png", full_page=True)
+    status, headers, eml = web.request(f"/emails/{refused_id}.eml")
+    assert (status, headers["content-type"]) == (200, "message/rfc822")
+    assert f"Message-ID: <{refused_message_id}>".encode() in eml
 
 
 def test_metrics_say_what_the_database_says(
