@@ -16,11 +16,9 @@ and deletes older attempts.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import enum
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -32,8 +30,6 @@ from bulkmail.status import Status
 
 # The minute that holds the totals of pruned rollups.
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-_REPLY = re.compile(r"([2-5]\d\d)(?:[ -]([245]\.\d{1,3}\.\d{1,3})(?!\S))?")
 
 
 class Outcome(enum.IntEnum):
@@ -58,14 +54,6 @@ class Pruned:
     attempts: int = 0
 
 
-def parse_reply(reply: str) -> tuple[int | None, str | None]:
-    """The reply code and enhanced status code (RFC 3463) a stored reply starts with."""
-    match = _REPLY.match(reply)
-    if match is None:
-        return None, None
-    return int(match.group(1)), match.group(2)
-
-
 def minute_of(moment: dt.datetime) -> dt.datetime:
     return moment.replace(second=0, microsecond=0)
 
@@ -73,38 +61,36 @@ def minute_of(moment: dt.datetime) -> dt.datetime:
 def record_attempts(
     session: orm.Session, attempts: Sequence[Attempt], *, worker: str, now: dt.datetime
 ) -> None:
-    """Log one row per attempt and count them in the minute's reply rollups."""
+    """Log one row per attempt and count them in the minute's reply rollups.
+
+    One statement for the batch, its rows as one JSON parameter (as the completion does);
+    PostgreSQL reads the reply code and enhanced status code (RFC 3463) off each reply and
+    counts the logged rows into the rollups, so the poller only lists what happened.
+    """
     if not attempts:
         return
-    rows = []
-    counts: collections.Counter[tuple[int, int]] = collections.Counter()
-    for attempt in attempts:
-        code, enhanced = parse_reply(attempt.reply)
-        rows.append((attempt.email_id, int(attempt.outcome), code, enhanced, attempt.reply))
-        counts[int(attempt.outcome), code or 0] += 1
-    connection = session.connection()
-    # One statement for the batch, its rows as one JSON parameter (as the completion does).
-    connection.execute(
-        sa.text(
-            "INSERT INTO delivery_attempts"
-            " (email_id, attempted_at, worker, outcome, code, enhanced_code, reply)"
-            " SELECT (r->>0)::bigint, :now, :worker, (r->>1)::smallint, (r->>2)::smallint,"
-            " r->>3, r->>4 FROM json_array_elements(CAST(:rows AS json)) AS r"
-        ),
-        {"now": now, "worker": worker, "rows": json.dumps(rows)},
+    rows = json.dumps([(a.email_id, int(a.outcome), a.reply) for a in attempts])
+    session.connection().execute(
+        _RECORD, {"now": now, "minute": minute_of(now), "worker": worker, "rows": rows}
     )
-    connection.execute(
-        sa.text(
-            "INSERT INTO reply_rollups (minute, outcome, code, attempts)"
-            " VALUES (:minute, :outcome, :code, :attempts)"
-            " ON CONFLICT (minute, outcome, code)"
-            " DO UPDATE SET attempts = reply_rollups.attempts + excluded.attempts"
-        ),
-        [
-            {"minute": minute_of(now), "outcome": outcome, "code": code, "attempts": n}
-            for (outcome, code), n in sorted(counts.items())
-        ],
-    )
+
+
+_RECORD = sa.text(
+    "WITH batch AS (SELECT (r->>0)::bigint AS email_id, (r->>1)::smallint AS outcome,"
+    " r->>2 AS reply FROM json_array_elements(CAST(:rows AS json)) AS r),"
+    " logged AS (INSERT INTO delivery_attempts"
+    " (email_id, attempted_at, worker, outcome, code, enhanced_code, reply)"
+    " SELECT email_id, :now, :worker, outcome,"
+    " substring(reply from '^([2-5][0-9][0-9])(?:[ -]|$)')::smallint,"
+    " substring(reply from"
+    " '^[2-5][0-9][0-9][ -]([245][.][0-9]{1,3}[.][0-9]{1,3})(?:[[:space:]]|$)'),"
+    " reply FROM batch RETURNING outcome, code)"
+    " INSERT INTO reply_rollups (minute, outcome, code, attempts)"
+    " SELECT :minute, outcome, coalesce(code, 0), count(*) FROM logged"
+    " GROUP BY outcome, coalesce(code, 0) ORDER BY 2, 3"
+    " ON CONFLICT (minute, outcome, code)"
+    " DO UPDATE SET attempts = reply_rollups.attempts + excluded.attempts"
+)
 
 
 _ROLLED = {Status.SENT: 0, Status.PENDING_SEND: 1, Status.FAILED: 2}

@@ -75,11 +75,34 @@ def test_completion_logs_attempts_and_rolls_up_the_minute(engine: sa.Engine) -> 
     assert left == 0
 
 
-def test_reply_codes_are_read_from_the_stored_reply() -> None:
-    assert history.parse_reply("250 2.0.0 Ok") == (250, "2.0.0")
-    assert history.parse_reply("421 service not available") == (421, None)
-    assert history.parse_reply("550-5.7.1 blocked") == (550, "5.7.1")
-    assert history.parse_reply("connection lost: timed out") == (None, None)
+def test_reply_codes_are_read_from_the_stored_reply(engine: sa.Engine) -> None:
+    replies = {
+        1: ("250 2.0.0 Ok", 250, "2.0.0"),
+        2: ("421 service not available", 421, None),
+        3: ("550-5.7.1 blocked", 550, "5.7.1"),
+        4: ("connection lost: timed out", None, None),
+        5: ("451 4.3.0", 451, "4.3.0"),
+        6: ("250 2.0.0x not an enhanced code", 250, None),
+    }
+    now = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
+    with db.session_scope(engine) as session:
+        history.record_attempts(
+            session,
+            [
+                history.Attempt(email_id=i, outcome=history.Outcome.TEMPORARY, reply=reply)
+                for i, (reply, _, _) in replies.items()
+            ],
+            worker="w1",
+            now=now,
+        )
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT email_id, reply, code, enhanced_code FROM delivery_attempts")
+        )
+        stored = {row.email_id: (row.reply, row.code, row.enhanced_code) for row in rows}
+        codes = dict(connection.execute(sa.text("SELECT code, attempts FROM reply_rollups")).all())
+    assert stored == replies
+    assert codes == {250: 2, 421: 1, 550: 1, 0: 1, 451: 1}
 
 
 def test_deleting_an_email_deletes_its_attempts(engine: sa.Engine) -> None:
