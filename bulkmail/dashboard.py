@@ -312,7 +312,7 @@ def email(session: orm.Session, email_id: int) -> Data:
         for listed in attachments.list_for(session, attachments.Owner(email_id=email_id))
     ]
     A = models.DeliveryAttempt
-    attempts = session.scalars(sa.select(A).where(A.email_id == email_id).order_by(A.id))
+    attempts = session.scalars(sa.select(A).where(A.email_id == email_id).order_by(A.attempted_at))
     data["attempts"] = [
         {
             "at": models.isoformat(a.attempted_at),

@@ -84,7 +84,7 @@ _RECORD = sa.text(
     " substring(reply from '^([2-5][0-9][0-9])(?:[ -]|$)')::smallint,"
     " substring(reply from"
     " '^[2-5][0-9][0-9][ -]([245][.][0-9]{1,3}[.][0-9]{1,3})(?:[[:space:]]|$)'),"
-    " reply FROM batch RETURNING outcome, code)"
+    " reply FROM batch ON CONFLICT DO NOTHING RETURNING outcome, code)"
     " INSERT INTO reply_rollups (minute, outcome, code, attempts)"
     " SELECT :minute, outcome, coalesce(code, 0), count(*) FROM logged"
     " GROUP BY outcome, coalesce(code, 0) ORDER BY 2, 3"

@@ -395,8 +395,8 @@ class DeliveryAttempt(Base):
     )
 
     email_id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
-    id: orm.Mapped[int] = orm.mapped_column(BigId, sa.Identity(), primary_key=True)
-    attempted_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime)
+    # One outcome per email per completion, and each completion has its own time.
+    attempted_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, primary_key=True)
     worker: orm.Mapped[str] = orm.mapped_column(sa.String(200))
     outcome: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger)  # history.Outcome
     code: orm.Mapped[int | None] = orm.mapped_column(sa.SmallInteger)

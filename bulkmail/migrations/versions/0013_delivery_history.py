@@ -1,8 +1,9 @@
 """delivery history: one narrow row per delivery attempt, per-minute rollups for the dashboard
 
 ``delivery_attempts`` is written in the completion's transaction, one row per SMTP outcome;
-its primary key starts with the email, the one lookup it serves (an email's page), and a BRIN
-index on the time serves the pruning at the cost of a few pages per million rows.
+its primary key is the email and the time (an email has one outcome per completion, and each
+completion its own time), which serves the one lookup (an email's page) without a sequence; a
+BRIN index on the time serves the pruning at the cost of a few pages per million rows.
 ``send_rollups`` (emails moved to Sent, back to Pending Send or to Failed, per minute, bulk
 operation and sender) and ``reply_rollups`` (delivery attempts per minute, outcome and reply
 code) are upserted in the same transactions. Rows older than the retention are folded into
@@ -28,14 +29,13 @@ def upgrade() -> None:
     op.create_table(
         "delivery_attempts",
         sa.Column("email_id", sa.BigInteger(), nullable=False),
-        sa.Column("id", sa.BigInteger(), sa.Identity(), nullable=False),
         sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("worker", sa.String(200), nullable=False),
         sa.Column("outcome", sa.SmallInteger(), nullable=False),
         sa.Column("code", sa.SmallInteger(), nullable=True),
         sa.Column("enhanced_code", sa.String(16), nullable=True),
         sa.Column("reply", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("email_id", "id", name="pk_delivery_attempts"),
+        sa.PrimaryKeyConstraint("email_id", "attempted_at", name="pk_delivery_attempts"),
     )
     op.create_index(
         "ix_delivery_attempts_attempted_at",
