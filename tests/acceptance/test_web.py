@@ -106,6 +106,13 @@ def test_the_overview_follows_a_bulk_send_and_cancel_stops_it(
         # What the page says, the JSON says, and the database says.
         shown = {k: int(page.locator(f"#{k}").inner_text()) for k in ("sent", "canceled")}
         assert poller.process.poll() is None, poller.log()[-3000:]
+        page.goto(f"{web.url}/workers")
+        alive = page.locator(f'tr[data-worker*="-{poller.process.pid}-"]')
+        assert alive.locator("td.state").inner_text() == "alive"
+        # Its totals come with its next heartbeat (every 5 s); the page follows them.
+        sent_by_poller = alive.locator("td.n").first
+        _wait(lambda: int(sent_by_poller.inner_text()) == shown["sent"], "the poller's totals")
+        page.screenshot(path=screenshots / "workers.png", full_page=True)
     bulkops.assert_counters_match_the_emails(engine, operation_id)
     stored = bulkops.operation(engine, operation_id)
     assert (stored.status, stored.sending, stored.pending) == ("canceled", 0, 0)
