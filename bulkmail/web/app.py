@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -47,6 +47,13 @@ class Gate(BaseHTTPMiddleware):
     ) -> Response:
         access: security.Access = request.app.state.access
         path = request.url.path
+        if access.token is None and not security.is_loopback(request.url.hostname or ""):
+            # Without a token only a page of this machine may ask: a web page elsewhere that
+            # points its own name at 127.0.0.1 (DNS rebinding) is refused.
+            return PlainTextResponse(
+                "this dashboard has no token and answers only to 127.0.0.1 or localhost\n",
+                status_code=403,
+            )
         if not path.startswith(OPEN_PATHS) and not security.authenticated(request, access):
             if path.startswith("/api/"):
                 return JSONResponse(

@@ -1,7 +1,8 @@
 """Who may see and do what: the bind rule, the token, read-only mode and CSRF.
 
-* Bound to a loopback address the dashboard may run without a token; anywhere else it refuses
-  to start without ``BULKMAIL_WEB_TOKEN``.
+* Bound to a loopback address the dashboard may run without a token, and then answers only
+  requests addressed to a loopback name; anywhere else it refuses to start without
+  ``BULKMAIL_WEB_TOKEN``.
 * With a token, a request carries it as ``Authorization: Bearer TOKEN`` (scripts, the API) or
   in the session cookie the login page sets: an HMAC of the token, never the token itself.
 * ``/metrics`` takes ``BULKMAIL_METRICS_TOKEN`` instead when it is set.

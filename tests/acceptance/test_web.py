@@ -202,6 +202,18 @@ def test_metrics_say_what_the_database_says(
     assert METRICS_TOKEN.encode() not in body
 
 
+def test_without_a_token_it_answers_only_to_loopback_names(
+    engine: sa.Engine, start_web: Callable[..., webserver.Web]
+) -> None:
+    web = start_web()
+    assert web.request("/api/v1/workers")[0] == 200
+    assert web.request("/api/v1/workers", headers={"Host": "localhost"})[0] == 200
+    # A page of another site that resolves its own name to 127.0.0.1 (DNS rebinding).
+    status, _, body = web.request("/api/v1/workers", headers={"Host": "attacker.example"})
+    assert status == 403
+    assert b"answers only to 127.0.0.1 or localhost" in body
+
+
 def test_the_gate_refuses_and_changes_nothing(
     engine: sa.Engine, start_web: Callable[..., webserver.Web], tmp_path: Path
 ) -> None:
