@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from playwright.sync_api import Browser, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from bulkmail import db, mailboxes, models
@@ -31,11 +32,10 @@ def start_web(pg_url: str, tmp_path: Path) -> Iterator[Callable[..., webserver.W
 
 
 @pytest.fixture
-def chromium() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api")
+def chromium() -> Iterator[Browser]:
     if not shutil.which(CHROMIUM):
         services.missing("chromium", f"{CHROMIUM} is missing; run `bash .ci/services`")
-    with sync_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         # As root, chromium runs only without its sandbox.
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield browser
@@ -53,7 +53,7 @@ def test_the_overview_follows_a_bulk_send_and_cancel_stops_it(
     engine: sa.Engine,
     pg_url: str,
     start_web: Callable[..., webserver.Web],
-    chromium: object,
+    chromium: Browser,
     tmp_path: Path,
 ) -> None:
     bulkops.seed(engine)
@@ -72,7 +72,7 @@ def test_the_overview_follows_a_bulk_send_and_cancel_stops_it(
         ledger.rcpt_replies[refused_address] = "550 5.1.1 no such user"
     screenshots = tmp_path / "screenshots"
     screenshots.mkdir()
-    page = chromium.new_page(viewport={"width": 1400, "height": 1200})  # type: ignore[attr-defined]
+    page = chromium.new_page(viewport={"width": 1400, "height": 1200})
     with mailserver.serving(ledger) as port, pollers.started(pg_url, tmp_path) as start_poller:
         page.goto(web.url + "/")
         page.evaluate("window.sameDocument = true")
