@@ -13,6 +13,7 @@ LEASE_SECONDS = 300.0  # how long a claim is held before the reaper may end it
 GRACE_SECONDS = 30.0  # after SIGTERM, how long rounds in flight may finish
 POLL_INTERVAL_SECONDS = 2.0  # polling fallback to LISTEN/NOTIFY
 REAP_INTERVAL_SECONDS = 30.0  # how often a poller ends the claims whose lease expired
+HEARTBEAT_SECONDS = 5.0  # how often a poller records that it is alive (the dashboard reads it)
 
 # Retries of temporary failures (4xx, lost connections).
 RETRY_FIRST_SECONDS = 60.0  # wait before the first retry; it doubles after each attempt

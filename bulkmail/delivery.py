@@ -165,7 +165,7 @@ def _record_entry(session: orm.Session, entry: _Entry, options: Options) -> Roun
         outcomes.append(outbox.Outcome(claimed=by_id[result.key], kind=result.kind, reply=reply))
         answered.add(result.key)
     unsent = [(key, claimed.claim_token) for key, claimed in by_id.items() if key not in answered]
-    done = outbox.complete(session, outcomes, policy=options.policy)
+    done = outbox.complete(session, outcomes, policy=options.policy, worker=options.worker)
     released = outbox.release(session, unsent)
     return Round(
         sent=done.sent,

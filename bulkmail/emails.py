@@ -167,6 +167,9 @@ def delete(session: orm.Session, email_id: int) -> None:
             f"email {email_id} is being sent right now; wait for the outcome, then delete it"
         )
     blobs = attachments.blob_ids(session, attachments.Owner(email_id=email_id))
+    session.execute(
+        sa.delete(models.DeliveryAttempt).where(models.DeliveryAttempt.email_id == email_id)
+    )
     session.delete(email)
     session.flush()
     attachments.collect_garbage(session, blobs)
@@ -182,15 +185,25 @@ def list_emails(
     direction: status.Direction | None = None,
     mailbox: str | None = None,
     limit: int = 100,
+    newest: int | None = None,
 ) -> list[models.Email]:
     """Emails matching every given filter, newest first.
 
     ``recipient`` matches an address in the to, cc or bcc list, whatever its case; ``mailbox``
-    the incoming emails of a user's or queue's mailbox.
+    the incoming emails of a user's or queue's mailbox. ``newest``
+    looks only at that many of the newest emails (by id): a bound on the rows read. The emails
+    of one bulk operation come newest first by their contact, the order the expansion wrote
+    them in: the operation's index serves that order, where reading the whole table by id
+    until the operation's newest turned up took seconds at ten million emails.
     """
     if limit < 1:
         raise errors.InvalidInput("limit must be at least 1")
-    query = sa.select(models.Email).order_by(models.Email.id.desc()).limit(limit)
+    E = models.Email
+    order = (E.regarding_contact_id.desc(), E.id.desc()) if bulk_operation_id else (E.id.desc(),)
+    query = sa.select(E).order_by(*order).limit(limit)
+    if newest is not None:
+        last = sa.select(sa.func.max(models.Email.id)).scalar_subquery()
+        query = query.where(models.Email.id > last - newest)
     if recipient is not None:
         query = query.where(_addressed_to(recipient))
     if status_filter is not None:

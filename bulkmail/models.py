@@ -182,6 +182,18 @@ class Email(Base):
             "lease_expires_at",
             postgresql_where=sa.text(f"statuscode = {SENDING}"),
         ),
+        # The overview: emails of no bulk operation by status (migration 0013).
+        sa.Index(
+            "ix_emails_single_statuscode",
+            "statuscode",
+            postgresql_where=sa.text("bulk_operation_id IS NULL"),
+        ),
+        # The retry backlog: Pending Send emails waiting for a later attempt (0013).
+        sa.Index(
+            "ix_emails_retry_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=sa.text(f"statuscode = {PENDING} AND next_attempt_at IS NOT NULL"),
+        ),
         # One email per recipient of a bulk operation, however often its expansion runs.
         sa.Index(
             "uq_emails_bulk_operation_id_regarding_contact_id",
@@ -370,6 +382,57 @@ class WorkerHeartbeat(Base):
     sent: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
     retried: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
     failed: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+
+
+class DeliveryAttempt(Base):
+    """One SMTP outcome of one email: when, by which poller, what the server said.
+
+    Narrow and written in the completion's batch. No foreign key (a check per row on the send
+    path): deleting an email deletes its attempts (``emails.delete``).
+    """
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (
+        sa.Index("ix_delivery_attempts_attempted_at", "attempted_at", postgresql_using="brin"),
+    )
+
+    email_id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    # One outcome per email per completion, and each completion has its own time.
+    attempted_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, primary_key=True)
+    worker: orm.Mapped[str] = orm.mapped_column(sa.String(200))
+    outcome: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger)  # history.Outcome
+    code: orm.Mapped[int | None] = orm.mapped_column(sa.SmallInteger)
+    enhanced_code: orm.Mapped[str | None] = orm.mapped_column(sa.String(16))
+    reply: orm.Mapped[str] = orm.mapped_column(sa.Text)
+
+
+class SendRollup(Base):
+    """Emails moved to Sent, back to Pending Send (retried) or to Failed in one minute, per bulk
+    operation (0: none) and sender address. The minute 1970-01-01 holds what was pruned."""
+
+    __tablename__ = "send_rollups"
+    __table_args__ = (
+        sa.Index("ix_send_rollups_bulk_operation_id_minute", "bulk_operation_id", "minute"),
+    )
+
+    minute: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, primary_key=True)
+    bulk_operation_id: orm.Mapped[int] = orm.mapped_column(BigId, primary_key=True)
+    sender: orm.Mapped[str] = orm.mapped_column(sa.String(320), primary_key=True)
+    sent: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    retried: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    failed: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+
+
+class ReplyRollup(Base):
+    """Delivery attempts in one minute per outcome and reply code (0: no reply, a broken
+    connection). The minute 1970-01-01 holds what was pruned."""
+
+    __tablename__ = "reply_rollups"
+
+    minute: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, primary_key=True)
+    outcome: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, primary_key=True)
+    code: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, primary_key=True)
+    attempts: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
 
 
 class OperationStatus(enum.StrEnum):

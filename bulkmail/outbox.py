@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import db, defaults, mailboxes, models, settings, smtp, tally
+from bulkmail import db, defaults, history, mailboxes, models, settings, smtp, tally
 from bulkmail.models import OperationStatus
 from bulkmail.status import FailureKind, State, Status
 
@@ -169,6 +169,15 @@ def claim(
     blocked = _blocked(session, rows)
     if blocked:
         _fail_blocked(session, token, blocked, now)
+        failed = [r for r in rows if r.id in blocked]
+        history.roll(
+            session,
+            [
+                tally.Move(r.bulk_operation_id, int(Status.FAILED), 1, r.from_address)
+                for r in failed
+            ],
+            now=now,
+        )
     counters = tally.Tally()
     counters.move_each(
         (row.bulk_operation_id for row in rows if row.id not in blocked),
@@ -354,19 +363,29 @@ def withdrawn(session: orm.Session, claimed: Sequence[Claimed]) -> set[int]:
     return set(requested) | {c.email.id for c in claimed if c.email.bulk_operation_id in stopped}
 
 
+_ATTEMPT_OUTCOMES = {
+    Kind.DELIVERED: history.Outcome.DELIVERED,
+    Kind.TEMPORARY: history.Outcome.TEMPORARY,
+    Kind.PERMANENT: history.Outcome.PERMANENT,
+}
+
+
 def complete(
     session: orm.Session,
     outcomes: Iterable[Outcome],
     *,
     policy: RetryPolicy = RetryPolicy(),
+    worker: str = "",
     now: dt.datetime | None = None,
 ) -> Completed:
-    """Write SMTP outcomes back, each a compare-and-set on its claim token.
+    """Write SMTP outcomes back, each a compare-and-set on its claim token, and log each one as
+    a delivery attempt of ``worker`` (``history``).
 
     A temporary failure is retried later unless the email's attempts (this one included) or
     lifetime are used up, which fails it for good, or a cancel was asked meanwhile.
     """
     now = now or models.utcnow()
+    outcomes = list(outcomes)
     groups: dict[Status, list[dict[str, object]]] = {}
     for outcome in outcomes:
         email = outcome.claimed.email
@@ -417,6 +436,18 @@ def complete(
     counters = tally.Tally()
     counters.move_counted(changed, Status.SENDING)
     counters.write(session, now=now)
+    history.record_attempts(
+        session,
+        [
+            history.Attempt(
+                email_id=o.claimed.email.id, outcome=_ATTEMPT_OUTCOMES[o.kind], reply=o.reply
+            )
+            for o in outcomes
+        ],
+        worker=worker,
+        now=now,
+    )
+    history.roll(session, changed, now=now)
     moved: collections.Counter[Status] = collections.Counter()
     for move in changed:
         moved[Status(move.code)] += move.emails
@@ -578,4 +609,6 @@ def reap(
     counters = tally.Tally()
     counters.move_counted([*failed, *returned], Status.SENDING)
     counters.write(session, now=now)
+    # Back to Pending Send here is no SMTP retry; giving up is a failure.
+    history.roll(session, failed, now=now)
     return sum(move.emails for move in (*failed, *returned))

@@ -5,7 +5,7 @@ No other module reads ``os.environ``; callers pass a ``Settings`` (or use ``load
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bulkmail import defaults, errors, redaction
@@ -141,6 +141,27 @@ class Settings(BaseSettings):
     )
     soft_bounce_window_days: float = Field(
         default=7.0, gt=0, description="The window soft bounces are counted in, in days"
+    history_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Days of delivery attempts and per-minute rollups kept; Celery beat prunes "
+        "older ones hourly (their totals are kept)",
+    )
+    web_token: SecretStr | None = Field(
+        default=None,
+        description="Token the dashboard asks for (required when it listens beyond loopback)",
+    )
+    web_actor: str | None = Field(
+        default=None,
+        description="Address of the system user the dashboard's actions are carried out as; "
+        "unset: no actions",
+    )
+    web_read_only: bool = Field(
+        default=False, description="The dashboard shows no action and refuses every one"
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Token /metrics asks for instead of BULKMAIL_WEB_TOKEN; unset: the dashboard's",
     )
 
 

@@ -36,11 +36,12 @@ _COMPLETED = OperationStatus.COMPLETED.value
 
 
 class Move(NamedTuple):
-    """How many emails of one operation (or of none) an UPDATE moved to one status."""
+    """How many emails of one operation (or of none) and sender an UPDATE moved to one status."""
 
     operation_id: int | None
     code: int
     emails: int
+    sender: str  # their from address: the delivery history's rollups count per sender
 
 
 def counted(
@@ -51,11 +52,11 @@ def counted(
     PostgreSQL counts (the UPDATE is a CTE): a batch's thousand rows come back as a few.
     """
     E = models.Email
-    moved = update.returning(E.bulk_operation_id, E.statuscode).cte("moved")
+    moved = update.returning(E.bulk_operation_id, E.statuscode, E.from_address).cte("moved")
     rows = session.connection().execute(
-        sa.select(moved.c.bulk_operation_id, moved.c.statuscode, sa.func.count()).group_by(
-            moved.c.bulk_operation_id, moved.c.statuscode
-        ),
+        sa.select(
+            moved.c.bulk_operation_id, moved.c.statuscode, sa.func.count(), moved.c.from_address
+        ).group_by(moved.c.bulk_operation_id, moved.c.statuscode, moved.c.from_address),
         params,
     )
     return [Move(*row) for row in rows]

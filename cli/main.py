@@ -26,6 +26,7 @@ _COMMANDS = {
     "queues": ("cli.mailboxes", "queues"),
     "templates": ("cli.templates", "templates"),
     "users": ("cli.mailboxes", "users"),
+    "web": ("cli.web", "web"),
     "worker": ("cli.worker", "worker"),
 }
 

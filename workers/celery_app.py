@@ -7,12 +7,21 @@ eagerly in the caller: the embedded default needs no worker process.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import socket
+import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from celery import Celery, signals
+from sqlalchemy import exc
 
-from bulkmail import settings
+from bulkmail import db, defaults, heartbeats, models, settings
 from workers import collector
+
+logger = logging.getLogger("bulkmail.worker")
 
 
 def make_app(config: settings.Settings) -> Celery:
@@ -34,6 +43,8 @@ def make_app(config: settings.Settings) -> Celery:
                 "task": "bulkmail.reconcile",
                 "schedule": config.reconcile_interval,
             },
+            # Beat is the one process that prunes the delivery history.
+            "prune-delivery-history": {"task": "bulkmail.prune_history", "schedule": 3600.0},
         },
     )
     return app
@@ -46,6 +57,45 @@ def _tune_collector(**_: Any) -> None:
 # The worker's main process (the solo pool runs tasks there) and each prefork pool process.
 signals.worker_init.connect(_tune_collector, weak=False)
 signals.worker_process_init.connect(_tune_collector, weak=False)
+
+
+class _Heartbeat:
+    """The worker records that it is alive in PostgreSQL, as pollers do, so the dashboard lists
+    it (and shows it lost when it stops beating). The worker's own timer calls it."""
+
+    def __init__(self) -> None:
+        config = settings.load()
+        # No pooled connection: the prefork pool may fork this process again later.
+        self.engine = db.make_engine(db.database_url(config), poolclass=sa.NullPool)
+        host = socket.gethostname()
+        self.identity = heartbeats.Identity(
+            id=f"celery-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            kind="celery",
+            host=host,
+            pid=os.getpid(),
+            started_at=models.utcnow(),
+        )
+
+    def beat(self) -> None:
+        try:
+            with db.session_scope(self.engine) as session:
+                heartbeats.beat(session, self.identity, sent=0, retried=0, failed=0)
+        except exc.SQLAlchemyError as error:
+            logger.warning("could not record the heartbeat: %s", str(error).splitlines()[0])
+
+    def stop(self) -> None:
+        with contextlib.suppress(exc.SQLAlchemyError), db.session_scope(self.engine) as session:
+            heartbeats.stopped(session, self.identity.id)
+
+
+def _start_heartbeat(sender: Any, **_: Any) -> None:
+    heartbeat = _Heartbeat()
+    heartbeat.beat()
+    sender.timer.call_repeatedly(defaults.HEARTBEAT_SECONDS, heartbeat.beat)
+    signals.worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
+
+
+signals.worker_ready.connect(_start_heartbeat, weak=False)
 
 
 app = make_app(settings.load())

@@ -65,7 +65,7 @@ class Config:
     exit_when_idle: bool = False
     poll_interval: float = defaults.POLL_INTERVAL_SECONDS
     reap_interval: float = defaults.REAP_INTERVAL_SECONDS
-    heartbeat_interval: float = 5.0
+    heartbeat_interval: float = defaults.HEARTBEAT_SECONDS
     grace: float = defaults.GRACE_SECONDS
     rate_limit: float = 0.0
     redis_url: str = "redis://127.0.0.1:6379/0"

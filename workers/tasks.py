@@ -3,7 +3,8 @@
 ``expand`` writes a bulk operation's emails. It acknowledges late and is rejected (so delivered
 again) when its worker process dies; that is safe because expansion resumes from the stored
 checkpoint and never writes a recipient twice. Beat runs ``reconcile``, which queues again the
-operations whose message was lost. Expired leases are the pollers' to end (each reaps on its own
+operations whose message was lost, and ``prune_history`` hourly: beat is the one process that
+prunes the delivery history. Expired leases are the pollers' to end (each reaps on its own
 interval), not Celery's. Retries of mail are never Celery ETAs: the next attempt is a column that
 the pollers read.
 """
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from kombu import exceptions as kombu_errors
 
-from bulkmail import bulk, db, errors, expansion, settings
+from bulkmail import bulk, db, errors, expansion, history, models, settings
 from workers.celery_app import app
 
 logger = logging.getLogger("bulkmail.tasks")
@@ -73,6 +74,22 @@ def reconcile() -> None:
     for operation_id in stale:
         logger.warning("bulk operation %s made no progress; queuing it again", operation_id)
         enqueue_expansion(operation_id)
+
+
+@_task("bulkmail.prune_history")
+def prune_history() -> None:
+    """Drop delivery attempts and rollups older than BULKMAIL_HISTORY_DAYS (totals kept)."""
+    config = settings.load()
+    with db.session_scope(_engine(db.database_url(config))) as session:
+        pruned = history.prune(
+            session, keep=dt.timedelta(days=config.history_days), now=models.utcnow()
+        )
+    logger.info(
+        "delivery history pruned: %s attempts, %s send and %s reply rollups folded",
+        pruned.attempts,
+        pruned.send_rollups,
+        pruned.reply_rollups,
+    )
 
 
 def enqueue_expansion(operation_id: int) -> None:

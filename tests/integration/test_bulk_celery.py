@@ -22,7 +22,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from bulkmail import bulk, db, models, settings
+from bulkmail import bulk, dashboard, db, models, settings
 from bulkmail.models import OperationStatus
 from tests import bulkops as scenario
 from tests import servers
@@ -196,6 +196,12 @@ def test_kill_9_mid_expansion_then_a_restart_writes_each_recipient_once(
     wait_until(expanded(engine, operation_id), "the restarted worker finishes", second)
     assert_one_email_per_eligible_recipient(engine, operation_id)
     assert "queuing it again" in second.log()
+    # Both recorded heartbeats for the dashboard; the killed one stops beating (lost after 15 s).
+    with db.session_scope(engine) as session:
+        beats = {w["pid"]: w for w in dashboard.workers(session, models.utcnow())}
+    assert beats[second.process.pid]["kind"] == "celery"
+    assert beats[second.process.pid]["state"] == "alive"
+    assert beats[first.process.pid]["stopped_at"] is None
 
 
 def test_a_pool_process_killed_mid_expansion_is_replaced_and_the_task_redelivered(

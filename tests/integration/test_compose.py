@@ -13,13 +13,19 @@ from tests import services
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _compose(*args: str, password: str | None = "test-only") -> subprocess.CompletedProcess[str]:
+def _compose(
+    *args: str, password: str | None = "test-only", web_token: str | None = "test-only-token"
+) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     if binary is None:
         services.missing("docker-compose", "install the Debian package docker-compose")
-    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "BULKMAIL_WEB_TOKEN")
+    }
     if password is not None:
         env["POSTGRES_PASSWORD"] = password
+    if web_token is not None:
+        env["BULKMAIL_WEB_TOKEN"] = web_token
     return subprocess.run(
         [
             str(binary),
@@ -50,6 +56,7 @@ def test_compose_file_is_valid_and_has_every_service() -> None:
         "beat",
         "poller",
         "inbound",
+        "web",
         "mailpit",
         "flower",
     }
@@ -68,3 +75,7 @@ def test_no_password_is_baked_in() -> None:
     assert refused.returncode != 0
     assert "set POSTGRES_PASSWORD in .env" in refused.stderr
     assert "test-only" not in (ROOT / "docker-compose.yml").read_text()
+    # The dashboard listens beyond the container's loopback: it needs a token.
+    refused = _compose("config", "-q", web_token=None)
+    assert refused.returncode != 0
+    assert "set BULKMAIL_WEB_TOKEN in .env" in refused.stderr

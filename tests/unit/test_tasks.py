@@ -15,8 +15,10 @@ def test_expansion_is_acknowledged_late_and_redelivered_when_its_worker_dies() -
 def test_beat_runs_the_reconciler_every_interval_and_leaves_reaping_to_the_pollers() -> None:
     app = celery_app.make_app(settings.Settings(reconcile_interval=7.5))
     schedule = {entry["task"]: entry["schedule"] for entry in app.conf.beat_schedule.values()}
-    assert schedule == {"bulkmail.reconcile": 7.5}
+    # Beat is also the one process that prunes the delivery history, hourly.
+    assert schedule == {"bulkmail.reconcile": 7.5, "bulkmail.prune_history": 3600.0}
     assert "bulkmail.reconcile" in set(celery_app.app.tasks)
+    assert "bulkmail.prune_history" in set(celery_app.app.tasks)
     assert "bulkmail.reap" not in set(celery_app.app.tasks)
 
 

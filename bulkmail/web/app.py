@@ -1,0 +1,92 @@
+"""The ASGI app: settings and engine on its state, the routers of each module, the gate.
+
+``create_app`` takes more routes (``extra_routes``): the HTTP API adds its routers that way.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from bulkmail import db, settings
+from bulkmail.web import actions, metrics, security, views
+
+HERE = Path(__file__).parent
+# Reachable without the dashboard's token: the login page, the static files, and /metrics,
+# which checks its own.
+OPEN_PATHS = ("/login", "/static/", "/metrics")
+
+
+def version() -> str:
+    return importlib.metadata.version("bulkmail")
+
+
+def templates() -> Jinja2Templates:
+    found = Jinja2Templates(directory=HERE / "templates")
+    found.env.globals["version"] = version()
+    return found
+
+
+class Gate(BaseHTTPMiddleware):
+    """Every request but ``OPEN_PATHS`` is authenticated; browsers get a CSRF cookie."""
+
+    async def dispatch(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        access: security.Access = request.app.state.access
+        path = request.url.path
+        if access.token is None and not security.is_loopback(request.url.hostname or ""):
+            # Without a token only a page of this machine may ask: a web page elsewhere that
+            # points its own name at 127.0.0.1 (DNS rebinding) is refused.
+            return PlainTextResponse(
+                "this dashboard has no token and answers only to 127.0.0.1 or localhost\n",
+                status_code=403,
+            )
+        if not path.startswith(OPEN_PATHS) and not security.authenticated(request, access):
+            if path.startswith("/api/"):
+                return JSONResponse(
+                    {"error": "authentication required: send Authorization: Bearer TOKEN"},
+                    status_code=401,
+                )
+            return RedirectResponse(f"/login?next={quote(path)}", status_code=303)
+        response = await call_next(request)
+        new = request.scope.get(security.NEW_CSRF)
+        if new is not None:
+            response.set_cookie(
+                security.CSRF_COOKIE, new, httponly=True, samesite="strict", path="/"
+            )
+        return response
+
+
+def create_app(
+    config: settings.Settings,
+    *,
+    engine: sa.Engine | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    app = Starlette(
+        routes=[
+            *views.routes,
+            *actions.routes,
+            *metrics.routes,
+            *extra_routes,
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ],
+        middleware=[Middleware(Gate)],
+    )
+    app.state.engine = engine or db.make_engine(db.database_url(config))
+    app.state.access = security.Access.from_settings(config)
+    app.state.templates = templates()
+    return app

@@ -1,0 +1,120 @@
+"""``/metrics`` in the Prometheus text format, read from PostgreSQL at each scrape: right with
+any number of pollers on any number of hosts, and unchanged by a restart of this process.
+
+Labels are few-valued (statuses, results, reply classes, poller ids): no operation ids, no
+addresses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from bulkmail import dashboard, db, models
+from bulkmail.web import security
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Database(Collector):
+    """Every metric, from one short read of the database per scrape."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        now = models.utcnow()
+        with db.session_scope(self.engine) as session:
+            emails = dashboard.emails_by_status(session)
+            totals = dashboard.totals(session)
+            oldest = dashboard.oldest_pending_age(session, now)
+            backlog = dashboard.retry_backlog(session, now)
+            pollers = dashboard.workers(session, now)
+            operations = dashboard.operations_by_status(session)
+        by_status = GaugeMetricFamily("bulkmail_emails", "Emails by status now", labels=["status"])
+        for label, count in emails.items():
+            by_status.add_metric([label.lower().replace(" ", "_")], count)
+        yield by_status
+        for name in ("sent", "retried", "failed"):
+            yield CounterMetricFamily(
+                f"bulkmail_emails_{name}",
+                f"Emails moved to {name} by the pollers (retried: back to Pending Send)",
+                value=totals[name],
+            )
+        attempts = CounterMetricFamily(
+            "bulkmail_delivery_attempts", "Delivery attempts by result", labels=["result"]
+        )
+        for result, count in totals["attempts"].items():
+            attempts.add_metric([result], count)
+        yield attempts
+        replies = CounterMetricFamily(
+            "bulkmail_smtp_replies", "Delivery attempts by SMTP reply class", labels=["class"]
+        )
+        for reply_class, count in totals["reply_classes"].items():
+            replies.add_metric([reply_class], count)
+        yield replies
+        yield GaugeMetricFamily(
+            "bulkmail_oldest_pending_age_seconds",
+            "Age of the oldest Pending Send email (0: none)",
+            value=oldest or 0.0,
+        )
+        waiting = GaugeMetricFamily(
+            "bulkmail_retry_backlog_emails",
+            f"Pending Send emails waiting to be retried (counted to {backlog['cap']})",
+            labels=["due"],
+        )
+        waiting.add_metric(["now"], backlog["due_now"])
+        waiting.add_metric(["later"], backlog["due_later"])
+        yield waiting
+        alive = GaugeMetricFamily("bulkmail_pollers", "Pollers by state", labels=["state"])
+        for state in ("alive", "lost"):
+            alive.add_metric([state], sum(1 for p in pollers if p["state"] == state))
+        yield alive
+        beats = GaugeMetricFamily(
+            "bulkmail_poller_last_heartbeat_timestamp_seconds",
+            "When each running (or lost) poller was last seen",
+            labels=["poller"],
+        )
+        for poller in pollers:
+            if poller["state"] != "stopped":
+                seen = dt.datetime.fromisoformat(poller["last_seen_at"])
+                beats.add_metric([poller["id"]], seen.timestamp())
+        yield beats
+        ops = GaugeMetricFamily(
+            "bulkmail_bulk_operations", "Bulk operations by status", labels=["status"]
+        )
+        for status, count in operations.items():
+            ops.add_metric([status], count)
+        yield ops
+        info = GaugeMetricFamily("bulkmail_build_info", "The running version", labels=["version"])
+        info.add_metric([importlib.metadata.version("bulkmail")], 1)
+        yield info
+
+
+def _scrape(engine: sa.Engine) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Database(engine))
+    return generate_latest(registry)
+
+
+async def metrics(request: Request) -> Response:
+    if not security.metrics_allowed(request, request.app.state.access):
+        return PlainTextResponse(
+            "authentication required: send Authorization: Bearer with the metrics token\n",
+            status_code=401,
+        )
+    body = await run_in_threadpool(_scrape, request.app.state.engine)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+routes: list[BaseRoute] = [Route("/metrics", metrics)]

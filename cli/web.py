@@ -1,0 +1,26 @@
+"""``bulkmail web``: the monitoring dashboard, served by uvicorn."""
+
+from __future__ import annotations
+
+import click
+
+from cli.app import App, pass_app
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@pass_app
+def web(app: App, host: str, port: int) -> None:
+    """The monitoring dashboard: pages, their JSON under /api/v1, and /metrics.
+
+    Beyond loopback it needs BULKMAIL_WEB_TOKEN.
+    """
+    import uvicorn
+
+    from bulkmail.web import app as web_app
+    from bulkmail.web import security
+
+    security.check_bind(host, security.Access.from_settings(app.settings))
+    asgi = web_app.create_app(app.settings, engine=app.engine)
+    uvicorn.run(asgi, host=host, port=port, log_level="info")
