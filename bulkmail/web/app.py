@@ -12,21 +12,25 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from bulkmail import db, settings
+from bulkmail import db, errors, outbox, settings, tokens
 from bulkmail.web import actions, metrics, security, views
+from bulkmail.web.api import calls, problems
 
 HERE = Path(__file__).parent
 # Reachable without the dashboard's token: the login page, the static files, and /metrics,
 # which checks its own.
 OPEN_PATHS = ("/login", "/static/", "/metrics")
+# Longer query strings are refused (414) before any handler parses them.
+MAX_QUERY_BYTES = 8192
 
 
 def version() -> str:
@@ -40,7 +44,12 @@ def templates() -> Jinja2Templates:
 
 
 class Gate(BaseHTTPMiddleware):
-    """Every request but ``OPEN_PATHS`` is authenticated; browsers get a CSRF cookie."""
+    """Every request but ``OPEN_PATHS`` is authenticated; browsers get a CSRF cookie.
+
+    Under ``/api/`` a user's API token (``tokens.PREFIX``) authenticates too: the request then
+    acts as that user (``calls.CALLER``), and a token that is wrong, revoked or expired is
+    refused whatever else would let the request in.
+    """
 
     async def dispatch(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -54,11 +63,24 @@ class Gate(BaseHTTPMiddleware):
                 "this dashboard has no token and answers only to 127.0.0.1 or localhost\n",
                 status_code=403,
             )
+        if len(request.scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+            return problems.response(
+                414, f"the query string is longer than {MAX_QUERY_BYTES:,} bytes; shorten it"
+            )
+        secret = security.bearer(request)
+        if path.startswith("/api/") and tokens.is_api_token(secret):
+            assert secret is not None
+            try:
+                request.scope[calls.CALLER] = await run_in_threadpool(
+                    calls.authenticate, request.app.state.engine, secret
+                )
+            except errors.Unauthenticated as error:
+                return problems.response(401, str(error))
+            return await call_next(request)
         if not path.startswith(OPEN_PATHS) and not security.authenticated(request, access):
             if path.startswith("/api/"):
-                return JSONResponse(
-                    {"error": "authentication required: send Authorization: Bearer TOKEN"},
-                    status_code=401,
+                return problems.response(
+                    401, "authentication required: send Authorization: Bearer TOKEN"
                 )
             return RedirectResponse(f"/login?next={quote(path)}", status_code=303)
         response = await call_next(request)
@@ -88,5 +110,6 @@ def create_app(
     )
     app.state.engine = engine or db.make_engine(db.database_url(config))
     app.state.access = security.Access.from_settings(config)
+    app.state.policy = outbox.RetryPolicy.from_settings(config)
     app.state.templates = templates()
     return app

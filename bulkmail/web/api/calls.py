@@ -1,0 +1,138 @@
+"""What every API call shares: who calls (the user of the API token the gate checked), the
+JSON body read within a size limit into a strict model, and refusals as problem documents."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
+
+import pydantic
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bulkmail import db, errors, mailboxes, tokens
+from bulkmail.web.api import problems
+
+# Where the gate leaves the caller of a request made with an API token.
+CALLER = "bulkmail.api_caller"
+# JSON request bodies larger than this are refused (413) while they are read.
+MAX_JSON_BYTES = 4 * 1024 * 1024
+
+# A text field: one line, no NUL (nothing a header or a log line could be split by).
+Line = Annotated[str, pydantic.StringConstraints(pattern=r"^[^\r\n\x00]*$", max_length=2000)]
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+class Strict(pydantic.BaseModel):
+    """A request body: unknown fields are refused, types are not coerced."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Caller:
+    token_id: int
+    user_id: int
+    email: str
+    privileges: frozenset[str]
+
+    @property
+    def worker(self) -> str:
+        """How claims and delivery attempts name this caller."""
+        return f"api:{self.email}#{self.token_id}"
+
+    def require(self, privilege: str, needed_for: str) -> None:
+        mailboxes.require(self.email, self.privileges, privilege, needed_for)
+
+
+def authenticate(engine: sa.Engine, secret: str) -> Caller:
+    with db.session_scope(engine) as session:
+        token, user = tokens.authenticate(session, secret)
+        return Caller(
+            token_id=token.id,
+            user_id=user.id,
+            email=user.email,
+            privileges=frozenset(user.privileges),
+        )
+
+
+def caller(request: Request) -> Caller:
+    found = request.scope.get(CALLER)
+    if not isinstance(found, Caller):
+        raise problems.Problem(
+            401,
+            "this endpoint acts as a user: send Authorization: Bearer with an API token "
+            "(`bulkmail users token create --user ADDRESS`)",
+        )
+    return found
+
+
+async def body(request: Request, model: type[M]) -> M:
+    """The request's JSON body as ``model``: 413 past ``MAX_JSON_BYTES``, 400 when it is no
+    JSON, 422 naming the first wrong field."""
+    if not request.headers.get("content-type", "").split(";")[0].strip().endswith("json"):
+        raise problems.Problem(415, "send the body as JSON with Content-Type: application/json")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+        raise _too_large()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    try:
+        return model.model_validate_json(b"".join(chunks))
+    except pydantic.ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise problems.Problem(
+                400, f"the body is not valid JSON ({first['msg']}); send a JSON object"
+            ) from None
+        raise problems.Problem(
+            422, f"the body does not fit: {_first(error)}", errors=_listed(error)
+        ) from None
+
+
+def _too_large() -> problems.Problem:
+    return problems.Problem(
+        413, f"the body is larger than {MAX_JSON_BYTES:,} bytes; send fewer items per request"
+    )
+
+
+def _where(location: tuple[int | str, ...]) -> str:
+    return ".".join(map(str, location)) or "the body"
+
+
+def _first(error: pydantic.ValidationError) -> str:
+    first = error.errors(include_url=False)[0]
+    return f"{_where(first['loc'])}: {first['msg']}"
+
+
+def _listed(error: pydantic.ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": _where(e["loc"]), "problem": e["msg"]}
+        for e in error.errors(include_url=False, include_input=False)
+    ][:20]
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def api(handler: Handler) -> Handler:
+    """Refusals of ``handler`` (``Problem``, bulkmail's errors) as problem documents."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except problems.Problem as problem:
+            return problems.response(problem.status, problem.detail, **problem.extra)
+        except errors.BulkmailError as error:
+            return problems.from_error(error)
+
+    return endpoint
