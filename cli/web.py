@@ -22,7 +22,10 @@ def web(app: App, host: str, port: int) -> None:
     from bulkmail.web import app as web_app
 
     security.check_bind(host, security.Access.from_settings(app.settings))
+    from workers import tasks
+
     asgi = web_app.create_app(app.settings, engine=app.engine, extra_routes=api.routes)
+    asgi.state.enqueue_expansion = tasks.enqueue_expansion
     # Room for a long query string in the request line: the app refuses it with a problem
     # document (414) rather than h11 with a bare 400.
     uvicorn.run(

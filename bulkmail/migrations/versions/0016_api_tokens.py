@@ -1,7 +1,8 @@
-"""api tokens: the HTTP API's credentials, each acting as one system user
+"""api tokens: the HTTP API's credentials, each acting as one system user; idempotency keys
 
 Only the SHA-256 of a token is stored (hex, unique: the lookup of every API call); deleting a
-user deletes its tokens.
+user deletes its tokens. ``api_idempotency_keys`` keeps the first answer to a creating call per
+user and ``Idempotency-Key``.
 
 Revision ID: 0016
 Revises: 0013
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = "0016"
 down_revision = "0013"
@@ -39,8 +41,25 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name="uq_api_tokens_token_hash"),
     )
     op.create_index("ix_api_tokens_user_id", "api_tokens", ["user_id"])
+    op.create_table(
+        "api_idempotency_keys",
+        sa.Column("user_id", sa.BigInteger(), nullable=False),
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("status", sa.SmallInteger(), nullable=False),
+        sa.Column("body", postgresql.JSONB(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", "key", name="pk_api_idempotency_keys"),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["system_users.id"],
+            name="fk_api_idempotency_keys_user_id_system_users",
+            ondelete="CASCADE",
+        ),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("api_idempotency_keys")
     op.drop_index("ix_api_tokens_user_id", table_name="api_tokens")
     op.drop_table("api_tokens")

@@ -14,10 +14,9 @@ import pydantic
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from bulkmail import defaults, handout, mailboxes, smtp
-from bulkmail.web.api import calls
+from bulkmail.web.api import calls, spec
 
 MAX_BATCH = 5000
 NEEDED_FOR = "claim emails for sending"
@@ -173,7 +172,25 @@ async def outcomes(request: Request) -> Response:
     )
 
 
-routes: list[BaseRoute] = [
-    Route("/api/v1/background-send-email", claim, methods=["POST"]),
-    Route("/api/v1/background-send-email/outcomes", outcomes, methods=["POST"]),
+endpoints = [
+    spec.Endpoint(
+        method="POST",
+        path="/api/v1/background-send-email",
+        summary="BackgroundSendEmail: claim due emails, as the pollers do, with their messages",
+        handler=claim,
+        body=ClaimRequest,
+        response=Claimed,
+        privilege=mailboxes.BACKGROUND_SEND_EMAIL,
+        tag="background send",
+    ),
+    spec.Endpoint(
+        method="POST",
+        path="/api/v1/background-send-email/outcomes",
+        summary="Write back what the SMTP server said about claimed emails",
+        handler=outcomes,
+        body=OutcomesRequest,
+        response=OutcomesResult,
+        privilege=mailboxes.BACKGROUND_SEND_EMAIL,
+        tag="background send",
+    ),
 ]

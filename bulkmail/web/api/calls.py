@@ -6,12 +6,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pydantic
 import sqlalchemy as sa
+from sqlalchemy import orm
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from bulkmail import db, errors, mailboxes, tokens
 from bulkmail.web.api import problems
@@ -25,6 +27,7 @@ MAX_JSON_BYTES = 4 * 1024 * 1024
 Line = Annotated[str, pydantic.StringConstraints(pattern=r"^[^\r\n\x00]*$", max_length=2000)]
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+T = TypeVar("T")
 
 
 class Strict(pydantic.BaseModel):
@@ -136,3 +139,39 @@ def api(handler: Handler) -> Handler:
             return problems.from_error(error)
 
     return endpoint
+
+
+async def in_session(request: Request, work: Callable[[orm.Session], T]) -> T:
+    """``work`` in one transaction, in a thread: committed when it returns."""
+
+    def run() -> T:
+        with db.session_scope(request.app.state.engine) as session:
+            return work(session)
+
+    return await run_in_threadpool(run)
+
+
+def reply(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+def query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
+    given = request.query_params.get(name)
+    if given is None:
+        return default
+    if not given.isdigit() or not low <= int(given) <= high:
+        raise problems.Problem(422, f"query parameter {name} must be a number from {low} to {high}")
+    return int(given)
+
+
+def query_text(request: Request, name: str, *, limit: int = 2000) -> str | None:
+    given = request.query_params.get(name)
+    if given is not None and (len(given) > limit or "\x00" in given):
+        raise problems.Problem(
+            422, f"query parameter {name} is longer than {limit} characters or holds a NUL"
+        )
+    return given
+
+
+def idempotency_key(request: Request) -> str | None:
+    return request.headers.get("idempotency-key")
