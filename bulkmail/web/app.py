@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -31,6 +32,9 @@ HERE = Path(__file__).parent
 OPEN_PATHS = ("/login", "/static/", "/metrics")
 # Longer query strings are refused (414) before any handler parses them.
 MAX_QUERY_BYTES = 8192
+# Ids are PostgreSQL bigints: a larger number in a path names no record.
+MAX_ID = 2**63 - 1
+_DIGITS = re.compile(r"\d+")
 
 
 def version() -> str:
@@ -67,6 +71,12 @@ class Gate(BaseHTTPMiddleware):
             return problems.response(
                 414, f"the query string is longer than {MAX_QUERY_BYTES:,} bytes; shorten it"
             )
+        if "\x00" in path or b"%00" in request.scope.get("query_string", b""):
+            # PostgreSQL stores no NUL: no record could match, and no text may hold one.
+            return problems.response(400, "the URL holds a NUL character (%00); remove it")
+        if any(int(run) > MAX_ID for run in _DIGITS.findall(path)):
+            # No record has such an id (PostgreSQL's bigint ends before it).
+            return problems.response(404, "no record has an id that large")
         secret = security.bearer(request)
         if path.startswith("/api/") and tokens.is_api_token(secret):
             assert secret is not None

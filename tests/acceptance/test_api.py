@@ -120,6 +120,8 @@ def test_tokens_and_bad_input_are_refused_and_change_nothing(
         status, body = _raw_post(web.url, CLAIM + "?q=" + "x" * 100_000, relay)
         assert status == 414, (status, body)
         assert b"query string is longer" in body
+        _problem(http.get("/api/v1/emails", params={"message_id": "a\x00b"}, headers=mine), 400)
+        _problem(http.get("/api/v1/emails/99999999999999999999", headers=mine), 404)
         unknown = _problem(bad[1][0], 422)
         assert unknown["errors"] == [
             {"field": "lease", "problem": "Extra inputs are not permitted"}

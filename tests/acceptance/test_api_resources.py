@@ -70,6 +70,9 @@ def test_a_client_drives_every_resource(
             api.post("/templates", json={"name": "bad", "subject": "x", "html": "{{ unknown }}"}),
             422,
         )
+        assert "NUL" in _refused(
+            api.post("/templates", json={"name": "nul", "subject": "x", "html": "a\u0000b"}), 422
+        )
         _ok(api.patch("/templates/welcome", json={"subject": "Hello {{ contact.first_name }}"}))
         assert [t["name"] for t in _ok(api.get("/templates"))] == ["welcome"]
 
@@ -92,6 +95,15 @@ def test_a_client_drives_every_resource(
         assert report["rejected"] == 1
         assert report["rejected_rows"][0]["line"] == 7
         assert _ok(api.get("/contacts/count", params={"query": "country = 'DE'"})) == {"count": 6}
+        nul = _ok(
+            api.post(
+                "/contacts/import",
+                content=b"email,first_name\nn@example.com,A\x00B\n",
+                headers={"Content-Type": "text/csv"},
+            )
+        )
+        assert nul["inserted"] == 0
+        assert nul["rejected"] == 1
         first = _ok(api.get("/contacts", params={"query": "country = 'DE'", "limit": 4}))
         second = _ok(api.get("/contacts", params={"limit": 4, "after": first["next_after"]}))
         assert len(first["contacts"]) == 4

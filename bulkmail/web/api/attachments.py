@@ -21,7 +21,7 @@ from bulkmail.web.api import calls, problems, spec
 
 
 class Reuse(calls.Strict):
-    attachment_id: int = pydantic.Field(ge=1)
+    attachment_id: calls.Int = pydantic.Field(ge=1)
     file_name: calls.Line
     mime_type: calls.Line | None = None
     content_id: calls.Line | None = None

@@ -23,8 +23,8 @@ NEEDED_FOR = "claim emails for sending"
 
 
 class ClaimRequest(calls.Strict):
-    limit: int = pydantic.Field(ge=1, le=MAX_BATCH, description="emails to claim, at most")
-    lease_seconds: int = pydantic.Field(
+    limit: calls.Int = pydantic.Field(ge=1, le=MAX_BATCH, description="emails to claim, at most")
+    lease_seconds: calls.Int = pydantic.Field(
         default=int(defaults.LEASE_SECONDS),
         ge=10,
         le=86400,
@@ -50,7 +50,7 @@ class Claimed(pydantic.BaseModel):
 
 
 class SmtpReply(calls.Strict):
-    code: int = pydantic.Field(ge=200, le=599)
+    code: calls.Int = pydantic.Field(ge=200, le=599)
     enhanced_code: str | None = pydantic.Field(default=None, pattern=r"^[245]\.\d{1,3}\.\d{1,3}$")
     text: calls.Line = ""
 
@@ -60,7 +60,7 @@ class OutcomeItem(calls.Strict):
     (what went wrong: counted as a temporary failure) or ``not_sent`` (never handed to a
     server: released uncounted)."""
 
-    id: int
+    id: calls.Int
     claim_token: uuid.UUID
     reply: SmtpReply | None = None
     connection_failed: calls.Line | None = None

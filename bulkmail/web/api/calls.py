@@ -26,14 +26,41 @@ MAX_JSON_BYTES = 4 * 1024 * 1024
 # A text field: one line, no NUL (nothing a header or a log line could be split by).
 Line = Annotated[str, pydantic.StringConstraints(pattern=r"^[^\r\n\x00]*$", max_length=2000)]
 
+
+def _integral(value: object) -> object:
+    # JSON Schema counts 178.0 as an integer; a string or 178.5 stays refused.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer field: JSON numbers without a fraction, nothing else.
+Int = Annotated[int, pydantic.BeforeValidator(_integral)]
+
 M = TypeVar("M", bound=pydantic.BaseModel)
 T = TypeVar("T")
 
 
 class Strict(pydantic.BaseModel):
-    """A request body: unknown fields are refused, types are not coerced."""
+    """A request body: unknown fields are refused, types are not coerced, and no text holds a
+    NUL (PostgreSQL stores none, in text or in JSON)."""
 
     model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if _holds_nul(data):
+            raise ValueError("a text holds a NUL character (\\u0000); remove it")
+        return data
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,7 +14,7 @@ from bulkmail.web.api import calls, spec
 class OrganizationChange(calls.Strict):
     require_approval_user: bool | None = None
     require_approval_queue: bool | None = None
-    max_upload_size: int | None = pydantic.Field(default=None, ge=1)
+    max_upload_size: calls.Int | None = pydantic.Field(default=None, ge=1)
 
 
 @calls.api
