@@ -32,6 +32,8 @@ BENCHMARKS: list[tuple[str, str, int, list[str]]] = [
     # One poller per core: what a two-core machine would run.
     ("bench_send.py", "--n", 100_000, ["--pollers", "2"]),
     ("bench_end_to_end.py", "--n", 100_000, []),
+    # Two external senders through one web process, one poller's rate beside it.
+    ("bench_background.py", "--n", 100_000, ["--senders", "2"]),
     # Emails already stored (seeded with COPY), then each page's 95th percentile.
     ("bench_dashboard.py", "--n", 10_000_000, []),
 ]
