@@ -14,7 +14,7 @@ from schemathesis import checks
 from bulkmail import db, mailboxes, tokens
 from tests import servers, webserver
 
-EXAMPLES = 20
+EXAMPLES = 15
 
 
 @pytest.fixture(scope="module")
