@@ -3,15 +3,16 @@ pagination), and the CSV import as a streamed upload with the CLI's per-line rep
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
-from typing import Any
+from typing import IO, Any
 
 import pydantic
 from sqlalchemy import orm
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bulkmail import contacts, importer
+from bulkmail import contacts, idempotency, importer
 from bulkmail.web.api import calls, problems, spec
 
 # An import is spooled to a temporary file past this many bytes, and refused past the limit.
@@ -119,38 +120,56 @@ async def count(request: Request) -> Response:
 
 @calls.api
 async def import_csv(request: Request) -> Response:
-    calls.caller(request)
+    who = calls.caller(request)
     strict = request.query_params.get("strict", "false") == "true"
+    key = calls.idempotency_key(request)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
-        size = 0
+        size, digest = 0, hashlib.sha256()
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_IMPORT_BYTES:
                 raise problems.Problem(
                     413, f"the file is larger than {MAX_IMPORT_BYTES:,} bytes; split it"
                 )
+            digest.update(chunk)
             spool.write(chunk)
         spool.seek(0)
-        rejected: list[dict[str, object]] = []
 
-        def run(session: orm.Session) -> dict[str, object]:
-            done = importer.import_bytes(
+        def run(session: orm.Session) -> idempotency.Answer:
+            def imported() -> idempotency.Answer:
+                return 200, _import(session, spool, strict=strict)
+
+            if key is None:
+                return imported()
+            return idempotency.once(
                 session,
-                spool,
-                strict=strict,
-                on_rejected=lambda r: rejected.append({"line": r.line, "reason": r.reason}),
+                user_id=who.user_id,
+                key=key,
+                request=["contacts.import", digest.hexdigest(), strict],
+                work=imported,
             )
-            return {
-                "rows": done.rows,
-                "inserted": done.inserted,
-                "updated": done.updated,
-                "unchanged": done.unchanged,
-                "duplicates": done.duplicates,
-                "rejected": done.rejected,
-                "rejected_rows": rejected,
-            }
 
-        return calls.reply(await calls.in_session(request, run))
+        status, body = await calls.in_session(request, run)
+        return calls.reply(body, status)
+
+
+def _import(session: orm.Session, source: IO[bytes], *, strict: bool) -> dict[str, object]:
+    rejected: list[dict[str, object]] = []
+    done = importer.import_bytes(
+        session,
+        source,
+        strict=strict,
+        on_rejected=lambda r: rejected.append({"line": r.line, "reason": r.reason}),
+    )
+    return {
+        "rows": done.rows,
+        "inserted": done.inserted,
+        "updated": done.updated,
+        "unchanged": done.unchanged,
+        "duplicates": done.duplicates,
+        "rejected": done.rejected,
+        "rejected_rows": rejected,
+    }
 
 
 BASE = "/api/v1/contacts"
@@ -193,6 +212,7 @@ endpoints = [
         handler=import_csv,
         upload=True,
         query=[("strict", "boolean", "true: the first bad row imports nothing")],
+        idempotent_create=True,
         tag="contacts",
     ),
     spec.Endpoint(method="GET", path=ONE, summary="A contact", handler=get, tag="contacts"),
