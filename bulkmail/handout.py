@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -32,6 +33,23 @@ class Handout:
     data: bytes  # CRLF line ends, not dot-stuffed
 
 
+class Reaper:
+    """When a claim should reap expired leases first: every ``interval`` seconds, as each
+    poller does (``BULKMAIL_REAP_INTERVAL``). Where only external senders run, no poller would
+    reap at all."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._interval
+        return True
+
+
 def claim(
     engine: sa.Engine,
     *,
@@ -39,15 +57,18 @@ def claim(
     limit: int,
     lease: dt.timedelta,
     policy: outbox.RetryPolicy,
+    reap: bool = True,
     cache: mime.PartCache = mime.DEFAULT_CACHE,
 ) -> list[Handout]:
-    """Claim up to ``limit`` due emails for ``worker`` and build them, in one transaction.
+    """Claim up to ``limit`` due emails for ``worker`` and build them, in one transaction
+    (after reaping expired leases, when ``reap``).
 
     An email whose message cannot be built fails here, as a poller fails it: it is not handed
-    out. Expired leases are reaped first: where only external senders run, no poller would.
+    out.
     """
-    with db.session_scope(engine) as session:
-        outbox.reap(session, policy=policy)
+    if reap:
+        with db.session_scope(engine) as session:
+            outbox.reap(session, policy=policy)
     with db.session_scope(engine) as session:
         claimed = outbox.claim(session, worker=worker, limit=limit, lease=lease)
         if not claimed:

@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from bulkmail import db, errors, outbox, settings, tokens
+from bulkmail import db, errors, handout, outbox, settings, tokens
 from bulkmail.web import actions, api, metrics, security, views
 from bulkmail.web.api import calls, problems
 
@@ -121,6 +121,7 @@ def create_app(
     app.state.engine = engine or db.make_engine(db.database_url(config))
     app.state.access = security.Access.from_settings(config)
     app.state.policy = outbox.RetryPolicy.from_settings(config)
+    app.state.reaper = handout.Reaper(config.reap_interval)
     app.state.message_id_domain = config.message_id_domain or None
     # SendBulkMail's doorbell; ``bulkmail web`` gives Celery's. Without one, the reconciler
     # queues new operations.

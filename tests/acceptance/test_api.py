@@ -216,7 +216,8 @@ def test_two_readme_senders_one_killed_mid_batch_every_email_is_sent(
         )
         _, secret = tokens.create(session, user="relay@example.org", name="relay")
     ids = mailserver.insert_pending(engine, mailserver.add_sender(engine), 400)
-    web = start_web()
+    # Reaping at every claim a second apart: the lease below is 10 s.
+    web = start_web(BULKMAIL_REAP_INTERVAL="1")
     ledger = mailserver.Ledger(delay=0.002)
     # The killed sender gets the first batch (ids in order); it stops at its 51st message.
     ledger.hold.add("r50@example.com")

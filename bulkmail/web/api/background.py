@@ -129,6 +129,7 @@ async def claim(request: Request) -> Response:
         limit=asked.limit,
         lease=lease,
         policy=request.app.state.policy,
+        reap=request.app.state.reaper.due(),
     )
     # Built by hand: validating thousands of messages again would cost more than the claim.
     emails = [
