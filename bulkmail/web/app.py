@@ -14,6 +14,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -102,6 +103,21 @@ class Gate(BaseHTTPMiddleware):
         return response
 
 
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (no such route, a method it does not take): a problem
+    document under ``/api/``, its plain text elsewhere."""
+    assert isinstance(error, HTTPException)
+    if request.url.path.startswith("/api/"):
+        response: Response = problems.response(
+            error.status_code, f"{error.detail}: see /api/v1/docs for the API's endpoints"
+        )
+    else:
+        response = PlainTextResponse(str(error.detail), status_code=error.status_code)
+    for name, value in (error.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
 def create_app(
     config: settings.Settings,
     *,
@@ -117,6 +133,7 @@ def create_app(
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[Middleware(Gate)],
+        exception_handlers={HTTPException: _http_error},
     )
     app.state.engine = engine or db.make_engine(db.database_url(config))
     app.state.access = security.Access.from_settings(config)

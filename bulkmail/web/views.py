@@ -36,7 +36,7 @@ def _emails(session: orm.Session, request: Request, now: dt.datetime) -> Data:
     given = request.query_params
     query = {k: given.get(k, "").strip() for k in ("address", "status", "operation", "message_id")}
     operation = query["operation"]
-    if operation and not operation.isdigit():
+    if operation and not (operation.isascii() and operation.isdigit()):
         raise errors.InvalidInput(f"operation must be a bulk operation's id, not {operation!r}")
     found = dashboard.search_emails(
         session,

@@ -57,6 +57,9 @@ def test_a_client_drives_every_resource(
         assert document["openapi"] == "3.1.0"
         for path in ("/background-send-email", "/contacts/{contact_id}", "/emails/{email_id}.eml"):
             assert "/api/v1" + path in document["paths"], path
+        assert "/api/v1/docs" in _refused(api.get("/no-such-thing"), 404)
+        assert "email 999" in _refused(api.get("/emails/999/attachments"), 404)
+        assert "operation must be" in _refused(api.get("/emails", params={"operation": "²"}), 422)
         docs = api.get("/docs")
         assert docs.status_code == 200
         assert "/api/v1/background-send-email" in docs.text

@@ -16,7 +16,7 @@ from sqlalchemy import orm
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bulkmail import attachments, organization, templates
+from bulkmail import attachments, emails, organization, templates
 from bulkmail.web.api import calls, problems, spec
 
 
@@ -32,7 +32,7 @@ def _owner(request: Request) -> Callable[[orm.Session], attachments.Owner]:
 
     def owner(session: orm.Session) -> attachments.Owner:
         if "email_id" in params:
-            return attachments.Owner(email_id=params["email_id"])
+            return attachments.Owner(email_id=emails.get(session, params["email_id"]).id)
         return attachments.Owner(template_id=templates.get(session, params["name"]).id)
 
     return owner
@@ -47,7 +47,7 @@ async def _upload(request: Request) -> bytes:
         f"the file is larger than the organization's limit of {limit:,} bytes "
         "(an administrator can raise it: PATCH /api/v1/organization max_upload_size)",
     )
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -128,9 +128,13 @@ async def delete(request: Request) -> Response:
 
 
 _UPLOAD_QUERY = [
-    ("file_name", "string", "the file's name (an upload)"),
-    ("mime_type", "string", "its media type; default: from the name"),
-    ("content_id", "string", "a Content-ID, for an inline image"),
+    (
+        "file_name",
+        {"type": "string", "minLength": 1, "maxLength": 255},
+        "the file's name (an upload)",
+    ),
+    ("mime_type", {"type": "string", "maxLength": 255}, "its media type; default: from the name"),
+    ("content_id", {"type": "string", "maxLength": 255}, "a Content-ID, for an inline image"),
 ]
 endpoints = [
     *(

@@ -51,7 +51,9 @@ class Claimed(pydantic.BaseModel):
 
 class SmtpReply(calls.Strict):
     code: calls.Int = pydantic.Field(ge=200, le=599)
-    enhanced_code: str | None = pydantic.Field(default=None, pattern=r"^[245]\.\d{1,3}\.\d{1,3}$")
+    enhanced_code: str | None = pydantic.Field(
+        default=None, pattern=r"^[245]\.[0-9]{1,3}\.[0-9]{1,3}$"
+    )
     text: calls.Line = ""
 
 

@@ -107,7 +107,7 @@ async def body(request: Request, model: type[M]) -> M:
     if not request.headers.get("content-type", "").split(";")[0].strip().endswith("json"):
         raise problems.Problem(415, "send the body as JSON with Content-Type: application/json")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
         raise _too_large()
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -186,7 +186,7 @@ def query_int(request: Request, name: str, default: int, *, low: int, high: int)
     given = request.query_params.get(name)
     if given is None:
         return default
-    if not given.isdigit() or not low <= int(given) <= high:
+    if not (given.isascii() and given.isdigit()) or not low <= int(given) <= high:
         raise problems.Problem(422, f"query parameter {name} must be a number from {low} to {high}")
     return int(given)
 

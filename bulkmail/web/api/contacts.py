@@ -174,7 +174,11 @@ def _import(session: orm.Session, source: IO[bytes], *, strict: bool) -> dict[st
 
 BASE = "/api/v1/contacts"
 ONE = BASE + "/{contact_id:int}"
-_QUERY = ("query", "string", "a recipient query: country = 'DE' and not tags contains 'x'")
+_QUERY = (
+    "query",
+    {"type": "string", "minLength": 1, "maxLength": 2000},
+    "a recipient query: country = 'DE' and not tags contains 'x'",
+)
 endpoints = [
     spec.Endpoint(
         method="POST",
@@ -192,8 +196,16 @@ endpoints = [
         handler=listed,
         query=[
             _QUERY,
-            ("limit", "integer", "at most this many (1 to 1000, default 100)"),
-            ("after", "integer", "the next_after of the page before"),
+            (
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 1000},
+                "at most this many (1 to 1000, default 100)",
+            ),
+            (
+                "after",
+                {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                "the next_after of the page before",
+            ),
         ],
         tag="contacts",
     ),
@@ -211,7 +223,13 @@ endpoints = [
         summary="Upsert contacts from CSV (the body); the report lists each rejected line",
         handler=import_csv,
         upload=True,
-        query=[("strict", "boolean", "true: the first bad row imports nothing")],
+        query=[
+            (
+                "strict",
+                {"type": "string", "enum": ["true", "false"]},
+                "true: the first bad row imports nothing",
+            )
+        ],
         idempotent_create=True,
         tag="contacts",
     ),

@@ -48,10 +48,18 @@ endpoints = [
         path="/api/v1/emails",
         summary="Emails, newest first, by address, status, operation or Message-ID",
         query=[
-            ("address", "string", "in From, To, Cc or Bcc"),
-            ("status", "string", "a status name: Sent, Failed, Pending Send, …"),
-            ("operation", "string", "a bulk operation's id"),
-            ("message_id", "string", "a Message-ID"),
+            ("address", {"type": "string", "maxLength": 2000}, "in From, To, Cc or Bcc"),
+            (
+                "status",
+                {"type": "string", "maxLength": 2000},
+                "a status name: Sent, Failed, Pending Send, …",
+            ),
+            (
+                "operation",
+                {"type": "string", "pattern": "^[0-9]*$", "maxLength": 19},
+                "a bulk operation's id",
+            ),
+            ("message_id", {"type": "string", "maxLength": 2000}, "a Message-ID"),
         ],
         routed=False,
         tag="emails",

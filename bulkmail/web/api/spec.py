@@ -31,7 +31,7 @@ class Endpoint:
     response: type[pydantic.BaseModel] | None = None  # None: a JSON object
     status: int = 200
     privilege: str | None = None
-    query: Sequence[tuple[str, str, str]] = ()  # name, JSON type, description
+    query: Sequence[tuple[str, dict[str, Any], str]] = ()  # name, JSON Schema, description
     upload: bool = False  # the body is the file itself
     produces: str = "application/json"
     idempotent_create: bool = False  # takes an Idempotency-Key header
@@ -62,8 +62,8 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         for name, kind in _PARAMETER.findall(endpoint.path)
     ]
     parameters += [
-        {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": d}
-        for name, kind, d in endpoint.query
+        {"name": name, "in": "query", "required": False, "schema": schema, "description": d}
+        for name, schema, d in endpoint.query
     ]
     if endpoint.idempotent_create:
         parameters.append(
