@@ -58,6 +58,9 @@ def test_a_client_drives_every_resource(
         for path in ("/background-send-email", "/contacts/{contact_id}", "/emails/{email_id}.eml"):
             assert "/api/v1" + path in document["paths"], path
         assert "/api/v1/docs" in _refused(api.get("/no-such-thing"), 404)
+        options = api.request("OPTIONS", "/contacts")
+        _refused(options, 405)
+        assert options.headers["allow"] == "GET, HEAD, POST"
         assert "email 999" in _refused(api.get("/emails/999/attachments"), 404)
         assert "operation must be" in _refused(api.get("/emails", params={"operation": "²"}), 422)
         docs = api.get("/docs")

@@ -48,18 +48,18 @@ endpoints = [
         path="/api/v1/emails",
         summary="Emails, newest first, by address, status, operation or Message-ID",
         query=[
-            ("address", {"type": "string", "maxLength": 2000}, "in From, To, Cc or Bcc"),
+            ("address", {"type": "string"}, "in From, To, Cc or Bcc"),
             (
                 "status",
-                {"type": "string", "maxLength": 2000},
+                {"type": "string"},
                 "a status name: Sent, Failed, Pending Send, …",
             ),
             (
                 "operation",
-                {"type": "string", "pattern": "^[0-9]*$", "maxLength": 19},
+                {"type": "string", "pattern": "^[0-9]*$"},
                 "a bulk operation's id",
             ),
-            ("message_id", {"type": "string", "maxLength": 2000}, "a Message-ID"),
+            ("message_id", {"type": "string"}, "a Message-ID"),
         ],
         routed=False,
         tag="emails",
