@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from bulkmail import db, mailboxes, tokens
+from bulkmail.web.api import shapes
 from tests import webserver
 
 HTML = "<p>Hello {{ contact.first_name }}</p>"
@@ -216,3 +217,18 @@ def test_a_client_drives_every_resource(
             413,
         )  # fmt: skip
         assert len(_ok(api.get("/templates/welcome/attachments"))) == 1
+
+        # The answers are as the OpenAPI document describes them.
+        for shape, answer in (
+            (shapes.Template, created),
+            (shapes.Contact, ada),
+            (shapes.ImportReport, report),
+            (shapes.ContactPage, first),
+            (shapes.Attachment, upload),
+            (shapes.Email, sent),
+            (shapes.Operation, operation),
+            (shapes.Organization, changed),
+            (shapes.Preview, preview),
+            (shapes.Done, approved),
+        ):
+            shape.model_validate(answer, strict=True)

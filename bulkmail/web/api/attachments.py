@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bulkmail import attachments, emails, organization, templates
-from bulkmail.web.api import calls, problems, spec
+from bulkmail.web.api import calls, problems, shapes, spec
 
 
 class Reuse(calls.Strict):
@@ -146,6 +146,7 @@ endpoints = [
                 path=owner_path + "/attachments",
                 summary="Attach a file: the body is the file (or JSON reusing an attachment_id)",
                 handler=add,
+                response=shapes.Attachment,
                 upload=True,
                 query=_UPLOAD_QUERY,
                 status=201,
@@ -156,6 +157,8 @@ endpoints = [
                 path=owner_path + "/attachments",
                 summary="The attachments that go out with it",
                 handler=listed,
+                response=shapes.Attachment,
+                many=True,
                 tag="attachments",
             ),
         )

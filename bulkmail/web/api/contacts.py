@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bulkmail import contacts, idempotency, importer
-from bulkmail.web.api import calls, problems, spec
+from bulkmail.web.api import calls, problems, shapes, spec
 
 # An import is spooled to a temporary file past this many bytes, and refused past the limit.
 SPOOL_BYTES = 1 << 20
@@ -185,6 +185,7 @@ endpoints = [
         path=BASE,
         summary="Create a contact",
         handler=create,
+        response=shapes.Contact,
         body=NewContact,
         status=201,
         tag="contacts",
@@ -194,6 +195,7 @@ endpoints = [
         path=BASE,
         summary="Contacts matching a recipient query, by id; the next page with ?after=",
         handler=listed,
+        response=shapes.ContactPage,
         query=[
             _QUERY,
             (
@@ -214,6 +216,7 @@ endpoints = [
         path=BASE + "/count",
         summary="How many contacts a query matches",
         handler=count,
+        response=shapes.Count,
         query=[_QUERY],
         tag="contacts",
     ),
@@ -222,6 +225,7 @@ endpoints = [
         path=BASE + "/import",
         summary="Upsert contacts from CSV (the body); the report lists each rejected line",
         handler=import_csv,
+        response=shapes.ImportReport,
         upload=True,
         query=[
             (
@@ -233,12 +237,20 @@ endpoints = [
         idempotent_create=True,
         tag="contacts",
     ),
-    spec.Endpoint(method="GET", path=ONE, summary="A contact", handler=get, tag="contacts"),
+    spec.Endpoint(
+        method="GET",
+        path=ONE,
+        summary="A contact",
+        handler=get,
+        response=shapes.Contact,
+        tag="contacts",
+    ),
     spec.Endpoint(
         method="PATCH",
         path=ONE,
         summary="Change a contact's given fields",
         handler=update,
+        response=shapes.Contact,
         body=ContactChange,
         tag="contacts",
     ),

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from bulkmail import emails, idempotency, sending
 from bulkmail.status import Priority
-from bulkmail.web.api import calls, problems, spec
+from bulkmail.web.api import calls, problems, shapes, spec
 
 # How long a cancel waits for a poller holding the email to withdraw it.
 CANCEL_WAIT_SECONDS = 5.0
@@ -178,6 +178,7 @@ endpoints = [
         path="/api/v1/emails",
         summary="Create a Draft email",
         handler=create,
+        response=shapes.Email,
         body=NewEmail,
         status=201,
         idempotent_create=True,
@@ -188,6 +189,7 @@ endpoints = [
         path=ONE,
         summary="Edit a Draft or Failed email (a Failed one becomes a Draft)",
         handler=update,
+        response=shapes.Email,
         body=EmailChange,
         tag="emails",
     ),
@@ -205,6 +207,7 @@ endpoints = [
         path=ONE + "/send",
         summary="SendEmail: Draft to Pending Send",
         handler=send,
+        response=shapes.Email,
         tag="emails",
     ),
     spec.Endpoint(
@@ -213,6 +216,7 @@ endpoints = [
         summary="Cancel a Draft or Pending Send email; one a sender holds is withdrawn unless "
         "the SMTP server has it",
         handler=cancel,
+        response=shapes.Email,
         tag="emails",
     ),
     spec.Endpoint(
@@ -220,6 +224,7 @@ endpoints = [
         path="/api/v1/emails/send-template",
         summary="SendEmailFromTemplate: render a template for one contact and send it",
         handler=from_template,
+        response=shapes.Email,
         body=FromTemplate,
         status=201,
         tag="emails",

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from bulkmail import bulk, errors, submission
 from bulkmail.models import OperationStatus
-from bulkmail.web.api import calls, spec
+from bulkmail.web.api import calls, shapes, spec
 
 logger = logging.getLogger("bulkmail.web")
 
@@ -62,6 +62,7 @@ endpoints = [
         path="/api/v1/operations",
         summary="SendBulkMail: store a bulk operation and queue its expansion",
         handler=create,
+        response=shapes.Operation,
         body=SendBulkMail,
         status=201,
         idempotent_create=True,

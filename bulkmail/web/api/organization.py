@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bulkmail import mailboxes, organization
-from bulkmail.web.api import calls, spec
+from bulkmail.web.api import calls, shapes, spec
 
 
 class OrganizationChange(calls.Strict):
@@ -45,6 +45,7 @@ endpoints = [
         path="/api/v1/organization",
         summary="The organization's settings",
         handler=show,
+        response=shapes.Organization,
         tag="organization",
     ),
     spec.Endpoint(
@@ -52,6 +53,7 @@ endpoints = [
         path="/api/v1/organization",
         summary="Change the organization's settings (only those given)",
         handler=change,
+        response=shapes.Organization,
         body=OrganizationChange,
         privilege=mailboxes.ADMINISTRATOR,
         tag="organization",

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from bulkmail import mailboxes
-from bulkmail.web.api import calls, spec
+from bulkmail.web.api import calls, shapes, spec
 
 
 class Address(calls.Strict):
@@ -33,6 +33,7 @@ endpoints = [
         method="POST",
         path=_OPERATION + "/cancel",
         summary="Cancel: nothing of it the SMTP server does not have yet goes out",
+        response=shapes.Done,
         routed=False,
         tag="bulk operations",
     ),
@@ -40,6 +41,7 @@ endpoints = [
         method="POST",
         path=_OPERATION + "/retry-failed",
         summary="Send its failures again",
+        response=shapes.Done,
         routed=False,
         tag="bulk operations",
     ),
@@ -92,6 +94,7 @@ endpoints = [
             path=f"/api/v1/mailboxes/{decision}",
             summary=f"{decision.title()} a user's or queue's address",
             body=Address,
+            response=shapes.Done,
             privilege=mailboxes.APPROVE_EMAIL_ADDRESS,
             routed=False,
             tag="mailboxes",

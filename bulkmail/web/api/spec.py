@@ -29,6 +29,7 @@ class Endpoint:
     handler: calls.Handler | None = None  # None: routed elsewhere (``routed``)
     body: type[pydantic.BaseModel] | None = None
     response: type[pydantic.BaseModel] | None = None  # None: a JSON object
+    many: bool = False  # the answer is an array of ``response``
     status: int = 200
     privilege: str | None = None
     query: Sequence[tuple[str, dict[str, Any], str]] = ()  # name, JSON Schema, description
@@ -77,11 +78,11 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         )
     success: dict[str, Any] = {"description": "done"}
     if endpoint.produces == "application/json":
-        schema = (
-            _schema(endpoint.response, components)
-            if endpoint.response
-            else {"type": ["object", "array"]}
-        )
+        schema: dict[str, Any] = {"type": ["object", "array"]}
+        if endpoint.response is not None:
+            schema = _schema(endpoint.response, components)
+            if endpoint.many:
+                schema = {"type": "array", "items": schema}
         success["content"] = {"application/json": {"schema": schema}}
     elif endpoint.status != 204:
         success["content"] = {endpoint.produces: {"schema": {"type": "string"}}}

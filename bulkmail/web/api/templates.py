@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bulkmail import mailboxes, templates
-from bulkmail.web.api import calls, spec
+from bulkmail.web.api import calls, shapes, spec
 
 
 class NewTemplate(calls.Strict):
@@ -105,17 +105,34 @@ endpoints = [
         path=BASE,
         summary="Store a template (validated: syntax, a sample render)",
         handler=create,
+        response=shapes.Template,
         body=NewTemplate,
         status=201,
         tag="templates",
     ),
-    spec.Endpoint(method="GET", path=BASE, summary="Templates", handler=listed, tag="templates"),
-    spec.Endpoint(method="GET", path=ONE, summary="A template", handler=get, tag="templates"),
+    spec.Endpoint(
+        method="GET",
+        path=BASE,
+        summary="Templates",
+        handler=listed,
+        response=shapes.Template,
+        many=True,
+        tag="templates",
+    ),
+    spec.Endpoint(
+        method="GET",
+        path=ONE,
+        summary="A template",
+        handler=get,
+        response=shapes.Template,
+        tag="templates",
+    ),
     spec.Endpoint(
         method="PATCH",
         path=ONE,
         summary="Change a template",
         handler=update,
+        response=shapes.Template,
         body=TemplateChange,
         tag="templates",
     ),
@@ -133,6 +150,7 @@ endpoints = [
         path=ONE + "/preview",
         summary="Subject, text and HTML as they would go out to one contact",
         handler=preview,
+        response=shapes.Preview,
         body=Preview,
         tag="templates",
     ),
