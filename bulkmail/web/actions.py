@@ -31,6 +31,8 @@ logger = logging.getLogger("bulkmail.web")
 CANCEL_WAIT_SECONDS = 5.0
 
 Action = Callable[[sa.Engine, str, dict[str, Any]], str]
+# What an API call to an action may send (approving and rejecting name the mailbox).
+API_FIELDS = {"address"}
 
 
 def _acting_user(session: orm.Session, actor: str) -> models.SystemUser:
@@ -91,12 +93,18 @@ def _post(action: Action, back: str) -> Callable[[Request], Awaitable[Response]]
     async def endpoint(request: Request) -> Response:
         access: security.Access = request.app.state.access
         try:
-            params = {**(await _params(request)), **request.path_params}
+            given = await _params(request)
         except errors.InvalidInput as error:
             return views.refused(request, str(error), 400)
+        params = {**given, **request.path_params}
         caller = request.scope.get(calls.CALLER)
         if isinstance(caller, calls.Caller):
             # An API token: the call acts as its user, with no ambient credential to forge.
+            unknown = sorted(set(given) - API_FIELDS)
+            if unknown:
+                return views.refused(
+                    request, f"unknown field {', '.join(unknown)}; known: address", 422
+                )
             return await _carry_out(request, action, caller.email, params, back)
         if access.read_only:
             return views.refused(

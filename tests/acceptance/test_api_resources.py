@@ -197,6 +197,10 @@ def test_a_client_drives_every_resource(
         assert "lacks the privilege administrator" in _refused(
             api.patch("/organization", json={"max_upload_size": 1000}), 403
         )
+        assert "unknown field extra" in _refused(
+            api.post("/mailboxes/approve", json={"address": "writer@example.org", "extra": 1}),
+            422,
+        )
         assert "approve_email_address" in _refused(
             api.post("/mailboxes/approve", json={"address": "writer@example.org"}), 403
         )
