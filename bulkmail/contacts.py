@@ -71,17 +71,10 @@ def add(
         "country": country,
         "language": language,
     }
-    for name, value in fields.items():
-        if value is not None:
-            headers.check_header_value(name.replace("_", " "), value)
-            if len(value) > TEXT_FIELDS[name]:
-                raise errors.InvalidInput(
-                    f"{name.replace('_', ' ')} is longer than {TEXT_FIELDS[name]} characters"
-                )
-    clean_tags = sorted({headers.check_header_value("tag", t).strip() for t in tags} - {""})
+    _check_texts(fields)
     contact = models.Contact(
         email=address,
-        tags=clean_tags,
+        tags=_clean_tags(tags),
         attributes=dict(attributes or {}),
         do_not_bulk_email=do_not_bulk_email,
         **fields,
@@ -91,11 +84,84 @@ def add(
     return contact
 
 
+def _check_texts(fields: Mapping[str, str | None]) -> None:
+    for name, value in fields.items():
+        if value is not None:
+            headers.check_header_value(name.replace("_", " "), value)
+            if len(value) > TEXT_FIELDS[name]:
+                raise errors.InvalidInput(
+                    f"{name.replace('_', ' ')} is longer than {TEXT_FIELDS[name]} characters"
+                )
+
+
+def _clean_tags(tags: Iterable[str]) -> list[str]:
+    return sorted({headers.check_header_value("tag", t).strip() for t in tags} - {""})
+
+
+def get(session: orm.Session, contact_id: int) -> models.Contact:
+    contact = session.get(models.Contact, contact_id)
+    if contact is None:
+        raise errors.NotFound(f"no contact has the id {contact_id}")
+    return contact
+
+
+def update(
+    session: orm.Session,
+    contact_id: int,
+    *,
+    email: str | None = None,
+    texts: Mapping[str, str | None] | None = None,
+    tags: Iterable[str] | None = None,
+    attributes: Mapping[str, object] | None = None,
+    do_not_bulk_email: bool | None = None,
+) -> models.Contact:
+    """Change the given fields of a contact (``texts``: first_name … language; a None value
+    empties that field); what is not given stays as it is."""
+    contact = get(session, contact_id)
+    if email is not None:
+        address = normalize_email(email)
+        other = session.scalar(
+            sa.select(models.Contact.id).where(
+                models.Contact.email == address, models.Contact.id != contact_id
+            )
+        )
+        if other is not None:
+            raise errors.Conflict(f"contact {other} has the address {address} already")
+        contact.email = address
+    if texts:
+        unknown = sorted(set(texts) - set(TEXT_FIELDS))
+        if unknown:
+            raise errors.InvalidInput(f"unknown contact field {', '.join(unknown)}")
+        _check_texts(texts)
+        for name, value in texts.items():
+            setattr(contact, name, value)
+    if tags is not None:
+        contact.tags = _clean_tags(tags)
+    if attributes is not None:
+        contact.attributes = dict(attributes)
+    if do_not_bulk_email is not None:
+        contact.do_not_bulk_email = do_not_bulk_email
+    session.flush()
+    return contact
+
+
+def delete(session: orm.Session, contact_id: int) -> None:
+    """Delete a contact; emails sent to it keep their addresses (their link is cleared)."""
+    session.delete(get(session, contact_id))
+    session.flush()
+
+
 def list_contacts(
-    session: orm.Session, *, query: str | None = None, limit: int = 100
+    session: orm.Session, *, query: str | None = None, limit: int = 100, after: int = 0
 ) -> list[models.Contact]:
-    """The first ``limit`` contacts (by id) that match the recipient ``query``, or all."""
-    select = sa.select(models.Contact).order_by(models.Contact.id).limit(limit)
+    """The first ``limit`` contacts (by id, from the id after ``after``: keyset pagination)
+    that match the recipient ``query``, or all."""
+    select = (
+        sa.select(models.Contact)
+        .where(models.Contact.id > after)
+        .order_by(models.Contact.id)
+        .limit(limit)
+    )
     if query is not None:
         select = select.where(query_module.parse(query))
     return list(session.scalars(select))

@@ -25,6 +25,10 @@ class TransitionError(Conflict):
     """A status move that the email status machine does not allow."""
 
 
+class Unauthenticated(BulkmailError):
+    """No valid credential: a missing, wrong, revoked or expired API token."""
+
+
 class PermissionDenied(BulkmailError, PermissionError):
     """The acting user lacks the privilege the operation needs."""
 

@@ -88,6 +88,17 @@ def import_file(
         raise errors.InvalidInput(f"cannot read {path}: {error.strerror}") from error
 
 
+def import_bytes(
+    session: orm.Session,
+    source: Iterable[bytes],
+    *,
+    strict: bool = False,
+    on_rejected: Callable[[Rejected], None] | None = None,
+) -> ImportResult:
+    """Import CSV given as lines of bytes (a binary file, an upload spooled to one)."""
+    return import_csv(session, _utf8_lines(source), strict=strict, on_rejected=on_rejected)
+
+
 def _utf8_lines(source: Iterable[bytes]) -> Iterator[str]:
     # Decoding line by line (not in a text wrapper's 8 KB chunks) names the line that is bad.
     for number, line in enumerate(source, start=1):

@@ -6,7 +6,7 @@ is Approved may send; only a system user holding ``approve_email_address`` may c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -15,8 +15,12 @@ from bulkmail import errors, headers, models, organization
 from bulkmail.status import ApprovalStatus
 
 APPROVE_EMAIL_ADDRESS = "approve_email_address"
+ADMINISTRATOR = "administrator"
+BACKGROUND_SEND_EMAIL = "background_send_email"
 PRIVILEGES: dict[str, str] = {
     APPROVE_EMAIL_ADDRESS: "approve or reject the email address of a user or queue",
+    ADMINISTRATOR: "change the organization's settings",
+    BACKGROUND_SEND_EMAIL: "claim pending emails and report their outcomes over the HTTP API",
 }
 
 Mailbox = models.SystemUser | models.Queue
@@ -114,6 +118,15 @@ def sender_of(session: orm.Session, *, user_id: int | None, queue_id: int | None
     if queue_id is not None:
         return session.get(models.Queue, queue_id)
     return None
+
+
+def require(email: str, privileges: Collection[str], privilege: str, needed_for: str) -> None:
+    """Refuse unless the user of ``email`` (holding ``privileges``) holds ``privilege``."""
+    if privilege not in privileges:
+        raise errors.PermissionDenied(
+            f"{email} lacks the privilege {privilege} needed to {needed_for}; "
+            f"use a token of a user who holds it (`bulkmail users add --privilege {privilege}`)"
+        )
 
 
 def set_approval(

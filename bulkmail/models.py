@@ -106,6 +106,38 @@ class SystemUser(Base):
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
 
 
+class ApiToken(Base):
+    """A token of the HTTP API: it acts as its system user. Only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, sa.Identity(), primary_key=True)
+    user_id: orm.Mapped[int] = orm.mapped_column(
+        BigId, sa.ForeignKey("system_users.id", ondelete="CASCADE"), index=True
+    )
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(200))
+    token_hash: orm.Mapped[str] = orm.mapped_column(sa.String(64), unique=True)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+    expires_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    revoked_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+
+
+class ApiIdempotencyKey(Base):
+    """The first answer to a creating API call that carried an ``Idempotency-Key``: a retry
+    with the same key (and the same request) gets it again instead of a second record."""
+
+    __tablename__ = "api_idempotency_keys"
+
+    user_id: orm.Mapped[int] = orm.mapped_column(
+        BigId, sa.ForeignKey("system_users.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: orm.Mapped[str] = orm.mapped_column(sa.String(200), primary_key=True)
+    fingerprint: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    status: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger)
+    body: orm.Mapped[Any] = orm.mapped_column(Json)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+
+
 class Queue(Base):
     """A shared mailbox (support@, news@) that mail can be sent from."""
 

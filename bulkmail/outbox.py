@@ -612,3 +612,19 @@ def reap(
     # Back to Pending Send here is no SMTP retry; giving up is a failure.
     history.roll(session, failed, now=now)
     return sum(move.emails for move in (*failed, *returned))
+
+
+def held(session: orm.Session, pairs: Iterable[tuple[int, uuid.UUID]]) -> list[Claimed]:
+    """Those of the (email id, claim token) pairs whose email is still Sending under that
+    token, locked until the transaction ends: a completion of them cannot lose a race with the
+    reaper (which skips locked rows) or with another completion. The rest are stale claims."""
+    wanted = list(pairs)
+    if not wanted:
+        return []
+    rows = session.execute(
+        sa.select(*_CLAIMED_COLUMNS, E.claim_token)
+        .where(E.statuscode == _SENDING, sa.tuple_(E.id, E.claim_token).in_(wanted))
+        .order_by(E.id)
+        .with_for_update()
+    ).all()
+    return [Claimed(email=ClaimedEmail._make(row[:-1]), claim_token=row[-1]) for row in rows]

@@ -39,7 +39,7 @@ class Status(enum.IntEnum):
     def parse(cls, name: str) -> Status:
         """Accept a status by label ("Pending Send"), name ("pending_send") or number ("6")."""
         key = name.strip().replace(" ", "_").replace("-", "_").upper()
-        if key.isdigit() and int(key) in cls._value2member_map_:
+        if key.isascii() and key.isdigit() and int(key) in cls._value2member_map_:
             return cls(int(key))
         try:
             return cls[key]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bulkmail import mailboxes
+from bulkmail import mailboxes, tokens
 from bulkmail.status import ApprovalStatus
 from cli import incoming, output
 from cli.app import App, json_option, pass_app
@@ -52,6 +52,57 @@ def list_users(app: App, as_json: bool) -> None:
             wrap=("name", "email", "privileges"),
             optional=("privileges",),
         )
+
+
+@users.group()
+def token() -> None:
+    """API tokens: each acts as its user over the HTTP API."""
+
+
+@token.command(name="create")
+@click.option("--user", required=True, metavar="ADDRESS", help="The system user it acts as.")
+@click.option("--name", default="api", show_default=True, help="What the token is for.")
+@click.option("--expires", metavar="30d|ISO8601", help="Days from now, or a time; default never.")
+@pass_app
+def create_token(app: App, user: str, name: str, expires: str | None) -> None:
+    """Create a token and print it: the only time it is shown (only its hash is stored)."""
+    expires_at = tokens.parse_expiry(expires) if expires is not None else None
+    with app.session() as session:
+        created, secret = tokens.create(session, user=user, name=name, expires_at=expires_at)
+        token_id = created.id
+    click.echo(f"token {token_id} for {user.strip()} (shown once, keep it secret):", err=True)
+    click.echo(secret)
+
+
+@token.command(name="list")
+@click.option("--user", metavar="ADDRESS", help="Only this user's tokens.")
+@json_option
+@pass_app
+def list_tokens(app: App, user: str | None, as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    with app.session() as session:
+        found = tokens.list_tokens(session, user=user)
+        emails = {u.id: u.email for u in mailboxes.list_users(session)}
+        rows = [tokens.as_dict(t, emails[t.user_id]) for t in found]
+    if as_json:
+        output.emit_json(rows)
+    else:
+        output.table(
+            rows,
+            ["id", "user", "name", "created_at", "expires_at", "revoked_at"],
+            title="API tokens",
+            wrap=("user", "name"),
+        )
+
+
+@token.command(name="revoke")
+@click.argument("token_id", type=int, metavar="TOKEN_ID")
+@pass_app
+def revoke_token(app: App, token_id: int) -> None:
+    """Revoke a token: the API refuses it from now on."""
+    with app.session() as session:
+        tokens.revoke(session, token_id)
+    click.echo(f"token {token_id} revoked")
 
 
 @click.group()

@@ -18,9 +18,16 @@ def web(app: App, host: str, port: int) -> None:
     """
     import uvicorn
 
+    from bulkmail.web import api, security
     from bulkmail.web import app as web_app
-    from bulkmail.web import security
 
     security.check_bind(host, security.Access.from_settings(app.settings))
-    asgi = web_app.create_app(app.settings, engine=app.engine)
-    uvicorn.run(asgi, host=host, port=port, log_level="info")
+    from workers import tasks
+
+    asgi = web_app.create_app(app.settings, engine=app.engine, extra_routes=api.routes)
+    asgi.state.enqueue_expansion = tasks.enqueue_expansion
+    # Room for a long query string in the request line: the app refuses it with a problem
+    # document (414) rather than h11 with a bare 400.
+    uvicorn.run(
+        asgi, host=host, port=port, log_level="info", h11_max_incomplete_event_size=256 * 1024
+    )

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from bulkmail import bulk, db, errors, mailboxes, models
 from bulkmail.status import ApprovalStatus
 from bulkmail.web import security, views
+from bulkmail.web.api import calls
 
 logger = logging.getLogger("bulkmail.web")
 
@@ -30,6 +31,8 @@ logger = logging.getLogger("bulkmail.web")
 CANCEL_WAIT_SECONDS = 5.0
 
 Action = Callable[[sa.Engine, str, dict[str, Any]], str]
+# What an API call to an action may send (approving and rejecting name the mailbox).
+API_FIELDS = {"address"}
 
 
 def _acting_user(session: orm.Session, actor: str) -> models.SystemUser:
@@ -90,9 +93,19 @@ def _post(action: Action, back: str) -> Callable[[Request], Awaitable[Response]]
     async def endpoint(request: Request) -> Response:
         access: security.Access = request.app.state.access
         try:
-            params = {**(await _params(request)), **request.path_params}
+            given = await _params(request)
         except errors.InvalidInput as error:
             return views.refused(request, str(error), 400)
+        params = {**given, **request.path_params}
+        caller = request.scope.get(calls.CALLER)
+        if isinstance(caller, calls.Caller):
+            # An API token: the call acts as its user, with no ambient credential to forge.
+            unknown = sorted(set(given) - API_FIELDS)
+            if unknown:
+                return views.refused(
+                    request, f"unknown field {', '.join(unknown)}; known: address", 422
+                )
+            return await _carry_out(request, action, caller.email, params, back)
         if access.read_only:
             return views.refused(
                 request, "the dashboard is read-only (BULKMAIL_WEB_READ_ONLY): no action", 403
@@ -107,18 +120,24 @@ def _post(action: Action, back: str) -> Callable[[Request], Awaitable[Response]]
             return views.refused(
                 request, "no user to act as: set BULKMAIL_WEB_ACTOR to a system user's address", 403
             )
-        try:
-            done = await run_in_threadpool(action, request.app.state.engine, access.actor, params)
-        except errors.BulkmailError as error:
-            logger.info("refused for %s: %s", access.actor, error)
-            return views.refused(request, str(error), views.status_of(error))
-        logger.info("done for %s: %s", access.actor, done)
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"done": done})
-        target = back.format(**request.path_params)
-        return RedirectResponse(f"{target}?done={urllib.parse.quote(done)}", status_code=303)
+        return await _carry_out(request, action, access.actor, params, back)
 
     return endpoint
+
+
+async def _carry_out(
+    request: Request, action: Action, actor: str, params: dict[str, Any], back: str
+) -> Response:
+    try:
+        done = await run_in_threadpool(action, request.app.state.engine, actor, params)
+    except errors.BulkmailError as error:
+        logger.info("refused for %s: %s", actor, error)
+        return views.refused(request, str(error), views.status_of(error))
+    logger.info("done for %s: %s", actor, done)
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"done": done})
+    target = back.format(**request.path_params)
+    return RedirectResponse(f"{target}?done={urllib.parse.quote(done)}", status_code=303)
 
 
 def login_page(request: Request) -> Response:

@@ -73,7 +73,7 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"bulkmail-web-session", hashlib.sha256).hexdigest()
 
 
-def _bearer(request: Request) -> str | None:
+def bearer(request: Request) -> str | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" else None
 
@@ -84,7 +84,7 @@ def matches(given: str | None, expected: str) -> bool:
 
 def by_header(request: Request, access: Access) -> bool:
     """Authenticated by the Authorization header: no ambient credential, so no CSRF risk."""
-    return access.token is not None and matches(_bearer(request), access.token)
+    return access.token is not None and matches(bearer(request), access.token)
 
 
 def authenticated(request: Request, access: Access) -> bool:
@@ -96,7 +96,7 @@ def authenticated(request: Request, access: Access) -> bool:
 
 def metrics_allowed(request: Request, access: Access) -> bool:
     token = access.metrics_token or access.token
-    return token is None or matches(_bearer(request), token)
+    return token is None or matches(bearer(request), token)
 
 
 def csrf_token(request: Request) -> str:

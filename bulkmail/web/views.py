@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from bulkmail import compose, dashboard, db, errors, models
 from bulkmail.web import security
+from bulkmail.web.api import problems
 
 Data = dict[str, Any]
 View = Callable[[orm.Session, Request, dt.datetime], Data]
@@ -35,7 +36,7 @@ def _emails(session: orm.Session, request: Request, now: dt.datetime) -> Data:
     given = request.query_params
     query = {k: given.get(k, "").strip() for k in ("address", "status", "operation", "message_id")}
     operation = query["operation"]
-    if operation and not operation.isdigit():
+    if operation and not (operation.isascii() and operation.isdigit()):
         raise errors.InvalidInput(f"operation must be a bulk operation's id, not {operation!r}")
     found = dashboard.search_emails(
         session,
@@ -70,11 +71,9 @@ PAGES: list[tuple[str, str, View, bool]] = [
     ("/mailboxes", "mailboxes", _mailboxes, False),
 ]
 
-STATUS = {errors.NotFound: 404, errors.InvalidInput: 400, errors.PermissionDenied: 403}
-
 
 def status_of(error: errors.BulkmailError) -> int:
-    return next((code for kind, code in STATUS.items() if isinstance(error, kind)), 409)
+    return problems.status_of(error)
 
 
 def read(request: Request, view: View) -> Data:
@@ -97,7 +96,7 @@ def render(request: Request, template: str, context: Data, status_code: int = 20
 
 def refused(request: Request, message: str, status_code: int) -> Response:
     if request.url.path.startswith("/api/"):
-        return JSONResponse({"error": message}, status_code=status_code)
+        return problems.response(status_code, message)
     return render(request, "refused", {"message": message}, status_code)
 
 

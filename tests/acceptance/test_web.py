@@ -260,7 +260,7 @@ def test_the_gate_refuses_and_changes_nothing(
     # The right token, as a user without the privilege: refused, saying why.
     status, _, body = web.request(approve, form=form, token=TOKEN)
     assert status == 403
-    assert json.loads(body)["error"].startswith(
+    assert json.loads(body)["detail"].startswith(
         "viewer@example.org lacks the privilege approve_email_address"
     )
     # A browser's session cookie without the CSRF token: refused.

@@ -38,6 +38,8 @@ BENCHMARKS: list[tuple[str, str, int, list[str]]] = [
     ("bench_send.py", "--n", 100_000, ["--pollers", "2", "--rows", "bare"]),
     ("bench_end_to_end.py", "--n", 100_000, []),
     ("bench_inbound.py", "--n", 20_000, []),
+    # Two external senders through one web process, one poller's rate beside it.
+    ("bench_background.py", "--n", 100_000, ["--senders", "2"]),
     # Emails already stored (seeded with COPY), then each page's 95th percentile.
     ("bench_dashboard.py", "--n", 10_000_000, []),
 ]
