@@ -24,6 +24,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+
 from bulkmail import errors, headers
 
 CRLF = b"\r\n"
@@ -31,6 +33,7 @@ LINE_LENGTH = 78  # RFC 5322's recommended limit; only an unbreakable token goes
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
 _LOCAL_PART = re.compile(_DOT_ATOM)
+_ROLE_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 _MESSAGE_ID = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 _CONTENT_ID = re.compile(rf"[{_ATEXT}.@]{{1,250}}")
 _DOMAIN = re.compile(
@@ -196,13 +199,16 @@ def _address(field: str, value: str) -> str:
 
     Validation is the costliest step of a build. For the common shape, an ASCII dot-atom local
     part, email-validator's verdict depends on the domain alone (and the length limits checked
-    here), so only the domain's verdict is asked for, once per domain.
+    here), so only the domain's verdict is asked for, once per domain. The RFC 2142 role names
+    (``WWW``, ``Postmaster``…) are the exception: email-validator writes them in lower case, as
+    the address is stored, so they take the full check.
     """
     local, _, domain = value.rpartition("@")
     if (
         len(value) <= headers.MAX_ADDRESS_LENGTH
         and len(local) <= headers.MAX_LOCAL_PART
         and _LOCAL_PART.fullmatch(local)
+        and local.lower() not in _ROLE_NAMES
         and _plain_domain(domain)
     ):
         return f"{local}@{domain.lower()}"

@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     )
     soft_bounce_window_days: float = Field(
         default=7.0, gt=0, description="The window soft bounces are counted in, in days"
+    )
     history_days: float = Field(
         default=30.0,
         gt=0,

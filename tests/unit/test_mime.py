@@ -581,6 +581,20 @@ def test_a_utf8_local_part_needs_smtputf8() -> None:
     assert not mime.needs_smtputf8(message())
 
 
+@pytest.mark.parametrize(
+    ("address", "stored"),
+    [
+        ("WWW@example.org", "www@example.org"),
+        ("PostMaster@Example.org", "postmaster@example.org"),
+        ("Www2@example.org", "Www2@example.org"),
+    ],
+)
+def test_role_names_go_out_as_they_are_stored(address: str, stored: str) -> None:
+    # email-validator writes RFC 2142's case-insensitive role names in lower case.
+    assert header_form(address) == stored
+    assert parse(mime.build(message(to=(address,))))["To"].addresses[0].addr_spec == stored
+
+
 @settings(deadline=None, max_examples=300)
 @given(
     st.builds(
