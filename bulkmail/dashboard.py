@@ -30,6 +30,7 @@ from bulkmail import (
     models,
     tally,
 )
+from bulkmail.inbound import monitor
 from bulkmail.models import OperationStatus
 from bulkmail.status import Status
 
@@ -380,9 +381,14 @@ def workers(session: orm.Session, now: dt.datetime) -> list[Data]:
 
 
 def mailbox_list(session: orm.Session) -> list[Data]:
-    """Users and queues with their approval status."""
-    users = [mailboxes.as_dict(user) for user in mailboxes.list_users(session)]
-    return users + [mailboxes.as_dict(queue) for queue in mailboxes.list_queues(session)]
+    """Users and queues with their approval status and, where an incoming server is set up,
+    its sync state (``incoming``: last sync, imported, errors, why not synced)."""
+    synced = {state["mailbox"]: state for state in monitor.mailboxes(session)}
+    listed = [mailboxes.as_dict(user) for user in mailboxes.list_users(session)]
+    listed += [mailboxes.as_dict(queue) for queue in mailboxes.list_queues(session)]
+    for mailbox in listed:
+        mailbox["incoming"] = synced.get(str(mailbox["email"]))
+    return listed
 
 
 def overview(session: orm.Session, now: dt.datetime) -> Data:

@@ -1,8 +1,8 @@
 """``/metrics`` in the Prometheus text format, read from PostgreSQL at each scrape: right with
 any number of pollers on any number of hosts, and unchanged by a restart of this process.
 
-Labels are few-valued (statuses, results, reply classes, poller ids): no operation ids, no
-addresses.
+Labels are few-valued (statuses, results, reply classes, poller ids, the incoming mailboxes
+set up): no operation ids, no recipient addresses.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bulkmail import dashboard, db, models
+from bulkmail.inbound import monitor
 from bulkmail.web import security
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -41,6 +42,8 @@ class Database(Collector):
             backlog = dashboard.retry_backlog(session, now)
             pollers = dashboard.workers(session, now)
             operations = dashboard.operations_by_status(session)
+            incoming = monitor.incoming_counts(session)
+            synced = monitor.mailboxes(session)
         by_status = GaugeMetricFamily("bulkmail_emails", "Emails by status now", labels=["status"])
         for label, count in emails.items():
             by_status.add_metric([label.lower().replace(" ", "_")], count)
@@ -96,6 +99,27 @@ class Database(Collector):
         for status, count in operations.items():
             ops.add_metric([status], count)
         yield ops
+        received = CounterMetricFamily(
+            "bulkmail_incoming_emails",
+            "Emails imported from incoming mailboxes, by kind",
+            labels=["kind"],
+        )
+        for kind, count in incoming.items():
+            received.add_metric([kind], count)
+        yield received
+        # One series per configured incoming mailbox: a handful, set up by hand.
+        last_sync = GaugeMetricFamily(
+            "bulkmail_incoming_last_success_timestamp_seconds",
+            "When each incoming mailbox was last synced without error (0: never)",
+            labels=["mailbox"],
+        )
+        for mailbox in synced:
+            success = mailbox["last_success_at"]
+            last_sync.add_metric(
+                [str(mailbox["mailbox"])],
+                dt.datetime.fromisoformat(str(success)).timestamp() if success else 0.0,
+            )
+        yield last_sync
         info = GaugeMetricFamily("bulkmail_build_info", "The running version", labels=["version"])
         info.add_metric([importlib.metadata.version("bulkmail")], 1)
         yield info

@@ -17,9 +17,10 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from bulkmail import db, emails, mailboxes, models, organization
+from bulkmail import dashboard, db, emails, mailboxes, models, organization
 from bulkmail.inbound import bounces, monitor, profiles, store, sync
 from bulkmail.status import ApprovalStatus, Direction, Status
+from bulkmail.web import metrics
 from tests import bulkops, dovecot, mailsamples
 from tests.dovecot import Dovecot
 
@@ -198,6 +199,25 @@ def test_imap_sync_links_replies_and_acts_on_bounces(
     assert counts["bounce"] == 2
     assert counts["complaint"] == 1
     assert sum(counts.values()) == total
+    # The dashboard and /metrics read the same state.
+    with db.session_scope(engine) as session:
+        listed = {m["email"]: m["incoming"] for m in dashboard.mailbox_list(session)}
+        shown = dashboard.operation(session, operation_id, models.utcnow())
+    assert listed[QUEUE]["imported"] == total
+    assert listed[QUEUE]["last_success_at"] == state["last_success_at"]
+    assert (shown["replies"], shown["bounces"], shown["complaints"]) == (1, 2, 1)
+    assert shown["bounce_rate"] == 0.5
+    scraped = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in metrics.Database(engine).collect()
+        for sample in family.samples
+    }
+    assert scraped[("bulkmail_incoming_emails_total", (("kind", "bounce"),))] == 2
+    assert scraped[("bulkmail_incoming_emails_total", (("kind", "reply"),))] == 1
+    last = dt.datetime.fromisoformat(str(state["last_success_at"])).timestamp()
+    assert scraped[
+        ("bulkmail_incoming_last_success_timestamp_seconds", (("mailbox", QUEUE),))
+    ] == pytest.approx(last)
     # The next bulk send skips the bounced and the complaining contact.
     second = bulkops.submit(engine)
     bulkops.expand(engine, second)
