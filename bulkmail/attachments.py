@@ -14,7 +14,7 @@ import mimetypes
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
@@ -94,26 +94,66 @@ def store_blob(session: orm.Session, data: bytes) -> int:
     return blob_id
 
 
+# How much of a file is read at a time when it is stored from a file.
+_CHUNK = 1 << 20
+
+
+def store_file(session: orm.Session, file: BinaryIO) -> int:
+    """``store_blob`` for a seekable file, never holding more than a chunk of it in memory.
+
+    The bytes go to PostgreSQL by COPY, chunk by chunk, and only when no blob holds them yet.
+    A transaction-scoped advisory lock on the digest makes two processes storing the same new
+    file at once store it once: the second finds the first's blob.
+    """
+    digest, size = hashlib.sha256(), 0
+    file.seek(0)
+    while chunk := file.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    sha256 = digest.hexdigest()
+    blob = sa.select(models.AttachmentBlob.id).where(models.AttachmentBlob.sha256 == sha256)
+    session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sha256))))
+    found = session.scalar(blob)
+    if found is not None:
+        return found
+    created = models.utcnow().isoformat()
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy("COPY attachment_blobs (sha256, size, created_at, data) FROM STDIN") as copy:
+        # COPY's text format: a bytea value as \x and hex digits, its backslash escaped.
+        copy.write(f"{sha256}\t{size}\t{created}\t\\\\x")
+        file.seek(0)
+        while chunk := file.read(_CHUNK):
+            copy.write(chunk.hex())
+        copy.write("\n")
+    stored = session.scalar(blob)
+    assert stored is not None
+    return stored
+
+
 def add(
     session: orm.Session,
     owner: Owner,
     *,
     file_name: str,
-    data: bytes | None = None,
+    data: bytes | BinaryIO | None = None,
     reuse: int | None = None,
     mime_type: str | None = None,
     subject: str | None = None,
     order_number: int | None = None,
     content_id: str | None = None,
 ) -> models.Attachment:
-    """Attach ``data`` (stored once) or the existing blob ``reuse`` to ``owner``."""
+    """Attach ``data`` (bytes or a seekable file; stored once) or the existing blob ``reuse``
+    to ``owner``."""
     if (data is None) == (reuse is None):
         raise errors.InvalidInput("give either the file's bytes or an attachment_id to reuse")
     _check_owner(session, owner)
     name = mime.safe_filename(file_name)
-    if data is not None:
+    if isinstance(data, bytes):
         check_size(session, name, len(data))
         blob_id = store_blob(session, data)
+    elif data is not None:
+        check_size(session, name, data.seek(0, 2))
+        blob_id = store_file(session, data)
     else:
         assert reuse is not None
         if session.get(models.AttachmentBlob, reuse) is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
 
 import click
@@ -59,12 +59,9 @@ def add(
         raise click.UsageError("give either FILE or --reuse ATTACHMENT_ID")
     owner = _owner(app, email_id, template_name)
     name = file_name or (file.name if file else f"attachment-{reuse}")
-    with app.session() as session:
-        data = None
-        if file is not None:
-            # Refuse an oversized file before reading it into memory.
-            domain.check_size(session, name, os.path.getsize(file))
-            data = file.read_bytes()
+    with app.session() as session, contextlib.ExitStack() as stack:
+        # Read in chunks as it is stored, after its size was checked: never whole in memory.
+        data = None if file is None else stack.enter_context(file.open("rb"))
         record = domain.add(
             session,
             owner,

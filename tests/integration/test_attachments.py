@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import threading
 
 import pytest
@@ -219,3 +221,51 @@ def test_concurrent_uploads_of_the_same_bytes_store_one_blob(engine: sa.Engine, 
     assert len(set(ids)) == 1
     assert _count(engine, "attachment_blobs") == 1
     assert _count(engine, "attachments") == 4
+
+
+def test_a_file_is_stored_in_chunks_once_and_reads_back_whole(
+    engine: sa.Engine, draft: int, template_id: int
+) -> None:
+    # Three chunks and a bit, on disk as an API upload over 1 MiB is: stored by COPY.
+    data = os.urandom(3 * (1 << 20) + 17)
+    barrier = threading.Barrier(3)
+    ids: list[int] = []
+    failures: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            with tempfile.TemporaryFile() as file:
+                file.write(data)
+                barrier.wait(timeout=10)
+                with db.session_scope(engine) as session:
+                    record = attachments.add(
+                        session, Owner(email_id=draft), file_name="big.bin", data=file
+                    )
+                    ids.append(record.attachment_id)
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=upload) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(set(ids)) == 1
+    assert _count(engine, "attachment_blobs") == 1
+    with db.session_scope(engine) as session:
+        # The same bytes given whole find the blob the file made.
+        whole = attachments.add(session, Owner(template_id=template_id), file_name="b", data=data)
+        assert whole.attachment_id == ids[0]
+        assert attachments.read(session, whole.id) == data
+        blob = session.get(models.AttachmentBlob, ids[0])
+        assert blob is not None
+        assert (blob.sha256, blob.size) == (hashlib.sha256(data).hexdigest(), len(data))
+    # Over the organization's limit, a file is refused before anything is stored.
+    with db.session_scope(engine) as session:
+        organization.update(session, max_upload_size=1_000)
+    with tempfile.TemporaryFile() as file, db.session_scope(engine) as session:
+        file.write(b"y" * 1_001)
+        with pytest.raises(errors.InvalidInput, match="1,001 bytes"):
+            attachments.add(session, Owner(email_id=draft), file_name="y.bin", data=file)
+    assert _count(engine, "attachment_blobs") == 1

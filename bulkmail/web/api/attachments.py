@@ -8,7 +8,10 @@ already stored instead.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Callable
+from typing import BinaryIO, cast
 from urllib.parse import quote
 
 import pydantic
@@ -18,6 +21,9 @@ from starlette.responses import Response
 
 from bulkmail import attachments, emails, organization, templates
 from bulkmail.web.api import calls, problems, shapes, spec
+
+# An upload up to this size stays in memory; a larger one is spooled to a temporary file.
+_IN_MEMORY = 1 << 20
 
 
 class Reuse(calls.Strict):
@@ -38,8 +44,9 @@ def _owner(request: Request) -> Callable[[orm.Session], attachments.Owner]:
     return owner
 
 
-async def _upload(request: Request) -> bytes:
-    """The body, refused (413) as soon as it passes the organization's limit."""
+async def _upload(request: Request) -> BinaryIO:
+    """The body in a temporary file (in memory up to 1 MiB, then on disk), refused (413) as
+    soon as it passes the organization's limit: an upload never sits whole in memory."""
     limit = await calls.in_session(request, lambda s: organization.get(s).max_upload_size)
     declared = request.headers.get("content-length", "")
     too_large = problems.Problem(
@@ -49,13 +56,15 @@ async def _upload(request: Request) -> bytes:
     )
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
-    chunks, size = [], 0
+    spooled = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY)  # noqa: SIM115 (returned open)
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
+            spooled.close()
             raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+        spooled.write(chunk)
+    return cast(BinaryIO, spooled)
 
 
 @calls.api
@@ -87,7 +96,8 @@ async def add(request: Request) -> Response:
         listed = attachments.list_for(session, owner(session))
         return attachments.as_dict(next(x for x in listed if x.record.id == record.id))
 
-    return calls.reply(await calls.in_session(request, store), 201)
+    with contextlib.closing(data) if data is not None else contextlib.nullcontext():
+        return calls.reply(await calls.in_session(request, store), 201)
 
 
 @calls.api
