@@ -76,8 +76,19 @@ def _approval(decision: ApprovalStatus) -> Action:
     return act
 
 
+# An action's form or JSON holds a CSRF token and at most an address.
+MAX_FORM_BYTES = 16_384
+
+
+class _TooLarge(Exception):
+    pass
+
+
 async def _params(request: Request) -> dict[str, Any]:
-    body = (await request.body()).decode("utf-8", errors="replace")
+    data = await calls.limited_body(request, MAX_FORM_BYTES)
+    if data is None:
+        raise _TooLarge
+    body = data.decode("utf-8", errors="replace")
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             loaded = json.loads(body or "{}")
@@ -96,6 +107,10 @@ def _post(action: Action, back: str) -> Callable[[Request], Awaitable[Response]]
             given = await _params(request)
         except errors.InvalidInput as error:
             return views.refused(request, str(error), 400)
+        except _TooLarge:
+            return views.refused(
+                request, f"the request body is larger than {MAX_FORM_BYTES:,} bytes", 413
+            )
         params = {**given, **request.path_params}
         caller = request.scope.get(calls.CALLER)
         if isinstance(caller, calls.Caller):

@@ -289,8 +289,12 @@ def test_the_gate_refuses_and_changes_nothing(
     assert b"read-only" in body
     assert approval() == int(ApprovalStatus.EMPTY)
 
-    # The approver, with the token: done.
+    # The approver, with the token: a body past an action's limit is refused unread; then done.
     approver = start_web(BULKMAIL_WEB_TOKEN=TOKEN, BULKMAIL_WEB_ACTOR="approver@example.org")
+    status, _, body = approver.request(approve, form={**form, "padding": "x" * 20_000}, token=TOKEN)
+    assert status == 413
+    assert b"larger than 16,384 bytes" in body
+    assert approval() == int(ApprovalStatus.EMPTY)
     status, _, body = approver.request(approve, form=form, token=TOKEN)
     assert (status, json.loads(body)) == (200, {"done": "news@example.org is Approved"})
     assert approval() == int(ApprovalStatus.APPROVED)

@@ -101,22 +101,30 @@ def caller(request: Request) -> Caller:
     return found
 
 
+async def limited_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is declared or read past ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def body(request: Request, model: type[M]) -> M:
     """The request's JSON body as ``model``: 413 past ``MAX_JSON_BYTES``, 400 when it is no
     JSON, 422 naming the first wrong field."""
     if not request.headers.get("content-type", "").split(";")[0].strip().endswith("json"):
         raise problems.Problem(415, "send the body as JSON with Content-Type: application/json")
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+    data = await limited_body(request, MAX_JSON_BYTES)
+    if data is None:
         raise _too_large()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_JSON_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
     try:
-        return model.model_validate_json(b"".join(chunks))
+        return model.model_validate_json(data)
     except pydantic.ValidationError as error:
         first = error.errors(include_url=False)[0]
         if first["type"] == "json_invalid":
