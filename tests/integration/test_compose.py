@@ -65,7 +65,8 @@ def test_compose_file_is_valid_and_has_every_service() -> None:
 def test_startup_order_is_enforced_by_health_checks() -> None:
     rendered = _compose("config").stdout
     assert rendered.count("condition: service_healthy") >= 4
-    assert rendered.count("condition: service_completed_successfully") == 4
+    # worker, beat, poller, inbound and web wait for the migration.
+    assert rendered.count("condition: service_completed_successfully") == 5
     assert "pg_isready" in rendered
     assert "redis-cli" in rendered
 
