@@ -329,9 +329,9 @@ def email(session: orm.Session, email_id: int) -> Data:
 
 
 def workers(session: orm.Session, now: dt.datetime) -> list[Data]:
-    """Every poller and Celery worker: where it runs, when it was last seen (lost past three
-    heartbeats), and for pollers their totals, the claims they hold and their rate over the
-    last ``RATE_WINDOW``."""
+    """Every poller, Celery worker and inbound worker (``kind``): where it runs, when it was
+    last seen (lost past three heartbeats), and for pollers their totals, the claims they hold
+    and their rate over the last ``RATE_WINDOW``."""
     held = dict(
         session.execute(
             sa.select(E.claimed_by, sa.func.count())
@@ -391,6 +391,10 @@ def mailbox_list(session: orm.Session) -> list[Data]:
     return listed
 
 
+def _count(workers: list[Data], kind: str, state: str) -> int:
+    return sum(1 for w in workers if w["kind"] == kind and w["state"] == state)
+
+
 def overview(session: orm.Session, now: dt.datetime) -> Data:
     """The overview page: emails by status, send rates, backlog, failures, workers."""
     pollers = workers(session, now)
@@ -404,8 +408,10 @@ def overview(session: orm.Session, now: dt.datetime) -> Data:
         "oldest_pending_age_seconds": oldest_pending_age(session, now),
         "retry_backlog": retry_backlog(session, now),
         "failures_last_hour": failures_by_reply(session, now),
-        "pollers_alive": sum(1 for p in pollers if p["state"] == "alive"),
-        "pollers_lost": sum(1 for p in pollers if p["state"] == "lost"),
+        "pollers_alive": _count(pollers, "poller", "alive"),
+        "pollers_lost": _count(pollers, "poller", "lost"),
+        "celery_workers_alive": _count(pollers, "celery", "alive"),
+        "inbound_workers_alive": _count(pollers, "inbound", "alive"),
         "expansions_running": int(expanding or 0),
         "operations": operations(session, now, limit=10),
     }

@@ -24,7 +24,7 @@ from types import FrameType
 
 from sqlalchemy import exc
 
-from bulkmail import db, heartbeats, models, settings
+from bulkmail import db, defaults, heartbeats, models, settings
 from bulkmail.inbound import bounces, sync
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,9 @@ def run(config: Config) -> None:
             if not running:
                 if config.exit_when_idle:
                     break
-                interval = config.options.interval.total_seconds()
+                # Back within a heartbeat interval, idle or not: the dashboard counts a worker
+                # silent for three of them as lost.
+                interval = min(config.options.interval.total_seconds(), defaults.HEARTBEAT_SECONDS)
                 stopping.wait(interval if wait is None else min(wait, interval) + 0.05)
                 continue
             done, running = futures.wait(running, timeout=1, return_when="FIRST_COMPLETED")

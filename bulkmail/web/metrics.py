@@ -40,7 +40,7 @@ class Database(Collector):
             totals = dashboard.totals(session)
             oldest = dashboard.oldest_pending_age(session, now)
             backlog = dashboard.retry_backlog(session, now)
-            pollers = dashboard.workers(session, now)
+            workers = dashboard.workers(session, now)
             operations = dashboard.operations_by_status(session)
             incoming = monitor.incoming_counts(session)
             synced = monitor.mailboxes(session)
@@ -79,10 +79,23 @@ class Database(Collector):
         waiting.add_metric(["now"], backlog["due_now"])
         waiting.add_metric(["later"], backlog["due_later"])
         yield waiting
+        pollers = [w for w in workers if w["kind"] == "poller"]
         alive = GaugeMetricFamily("bulkmail_pollers", "Pollers by state", labels=["state"])
         for state in ("alive", "lost"):
             alive.add_metric([state], sum(1 for p in pollers if p["state"] == state))
         yield alive
+        by_kind = GaugeMetricFamily(
+            "bulkmail_workers",
+            "Pollers, Celery workers and inbound workers by state",
+            labels=["kind", "state"],
+        )
+        for kind in ("poller", "celery", "inbound"):
+            for state in ("alive", "lost"):
+                by_kind.add_metric(
+                    [kind, state],
+                    sum(1 for w in workers if w["kind"] == kind and w["state"] == state),
+                )
+        yield by_kind
         beats = GaugeMetricFamily(
             "bulkmail_poller_last_heartbeat_timestamp_seconds",
             "When each running (or lost) poller was last seen",

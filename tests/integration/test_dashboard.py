@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from bulkmail import dashboard, db, models
 from bulkmail.status import Status
+from bulkmail.web import metrics
 from tests import bulkops, mailserver
 
 
@@ -27,18 +28,21 @@ def test_the_read_model_says_what_the_rows_say(engine: sa.Engine) -> None:
     old = now - dt.timedelta(hours=2)
     mailserver.insert_pending(engine, single, 1, created_at=old, priority=0)
     mailserver.insert_pending(engine, single, 1, next_attempt_at=now - dt.timedelta(seconds=1))
-    # Pollers: one beating, one silent for a minute (killed), one stopped.
+    # Pollers: one beating, one silent for a minute (killed), one stopped; a Celery worker and
+    # an inbound worker beating, which are no pollers.
     started = now - dt.timedelta(minutes=10)
     with db.session_scope(engine) as session:
-        for name, seen, stopped in (
-            ("alive", now, None),
-            ("killed", now - dt.timedelta(minutes=1), None),
-            ("done", now - dt.timedelta(minutes=1), now - dt.timedelta(minutes=1)),
+        for name, kind, seen, stopped in (
+            ("alive", "poller", now, None),
+            ("killed", "poller", now - dt.timedelta(minutes=1), None),
+            ("done", "poller", now - dt.timedelta(minutes=1), now - dt.timedelta(minutes=1)),
+            ("celery", "celery", now, None),
+            ("inbound", "inbound", now, None),
         ):
             session.add(
                 models.WorkerHeartbeat(
                     id=name,
-                    kind="poller",
+                    kind=kind,
                     host="h",
                     pid=1,
                     started_at=started,
@@ -57,8 +61,26 @@ def test_the_read_model_says_what_the_rows_say(engine: sa.Engine) -> None:
         rows = connection.execute(sa.select(models.Email.statuscode, models.Email.created_at))
         truth = collections.Counter(Status(code).label for code, _ in rows)
     assert overview["emails"] == {s.label: truth.get(s.label, 0) for s in Status}
-    assert workers == {"alive": "alive", "killed": "lost", "done": "stopped"}
+    assert workers == {
+        "alive": "alive",
+        "killed": "lost",
+        "done": "stopped",
+        "celery": "alive",
+        "inbound": "alive",
+    }
     assert (overview["pollers_alive"], overview["pollers_lost"]) == (1, 1)
+    assert (overview["celery_workers_alive"], overview["inbound_workers_alive"]) == (1, 1)
+    scraped = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in metrics.Database(engine).collect()
+        for sample in family.samples
+    }
+    assert scraped[("bulkmail_pollers", (("state", "alive"),))] == 1
+    assert scraped[("bulkmail_workers", (("kind", "celery"), ("state", "alive")))] == 1
+    beats = {
+        labels for name, labels in scraped if name.endswith("last_heartbeat_timestamp_seconds")
+    }
+    assert beats == {(("poller", "alive"),), (("poller", "killed"),)}
     assert overview["retry_backlog"] == {"due_now": 1, "due_later": 2, "cap": 100_000}
     age = overview["oldest_pending_age_seconds"]
     assert 7200 <= age < 7300
