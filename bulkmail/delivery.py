@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
 
-from bulkmail import compose, db, defaults, errors, mime, outbox, ratelimit, smtp
+from bulkmail import compose, db, defaults, errors, mime, outbox, ratelimit, smtp, unsubscribe
 from bulkmail.status import FailureKind
 
 Item = smtp.Item[int]
@@ -51,6 +51,7 @@ class Options:
     completion_batch: int = defaults.COMPLETION_BATCH
     lease: dt.timedelta = dt.timedelta(seconds=defaults.LEASE_SECONDS)
     policy: outbox.RetryPolicy = field(default_factory=outbox.RetryPolicy)
+    unsubscribe: unsubscribe.Links | None = None  # None: no List-Unsubscribe fields
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +103,7 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
         )
         if not claimed:
             return _Prepared(claimed={}, items=[], unbuildable=[])
-        messages = compose.messages(session, [c.email for c in claimed])
+        messages = compose.messages(session, [c.email for c in claimed], links=options.unsubscribe)
     items: list[Item] = []
     unbuildable: list[outbox.Outcome] = []
     for entry in claimed:

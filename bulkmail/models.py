@@ -172,6 +172,11 @@ class Contact(Base):
     )
     # Why bulk email stopped when bulkmail stopped it (a hard bounce, a complaint: migration 0014).
     do_not_bulk_email_reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    # The first one-click unsubscribe: when, and from which email of which operation (0016).
+    # Plain ids, no foreign keys: deleting emails must not search the contacts.
+    unsubscribed_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    unsubscribed_email_id: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
+    unsubscribed_operation_id: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
     modified_at: orm.Mapped[dt.datetime] = orm.mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow

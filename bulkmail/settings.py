@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         description="Fernet key that encrypts incoming mailboxes' passwords in the database; "
         "unset: profiles must name a password file (--keep-file)",
     )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="The web app's address as recipients reach it, e.g. https://mail.example.org; "
+        "set: every bulk email carries one-click unsubscribe links under it (needs "
+        "BULKMAIL_SECRET_KEY)",
+    )
     inbound_poll_interval: float = Field(
         default=defaults.INBOUND_POLL_INTERVAL_SECONDS,
         ge=0.1,
