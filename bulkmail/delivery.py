@@ -32,7 +32,18 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
 
-from bulkmail import compose, db, defaults, errors, mime, outbox, ratelimit, smtp, unsubscribe
+from bulkmail import (
+    compose,
+    db,
+    defaults,
+    errors,
+    mime,
+    outbox,
+    ratelimit,
+    signing,
+    smtp,
+    unsubscribe,
+)
 from bulkmail.status import FailureKind
 
 Item = smtp.Item[int]
@@ -52,6 +63,7 @@ class Options:
     lease: dt.timedelta = dt.timedelta(seconds=defaults.LEASE_SECONDS)
     policy: outbox.RetryPolicy = field(default_factory=outbox.RetryPolicy)
     unsubscribe: unsubscribe.Links | None = None  # None: no List-Unsubscribe fields
+    keyring: signing.Keyring = field(default_factory=signing.Keyring)  # DKIM keys, read once
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,12 +116,24 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
         if not claimed:
             return _Prepared(claimed={}, items=[], unbuildable=[])
         messages = compose.messages(session, [c.email for c in claimed], links=options.unsubscribe)
+        signers = options.keyring.signers(session, {_domain(c.email) for c in claimed})
     items: list[Item] = []
     unbuildable: list[outbox.Outcome] = []
     for entry in claimed:
         email = entry.email
+        signer = signers.get(_domain(email))
+        if isinstance(signer, errors.InvalidInput):
+            # Never unsigned when the domain has a key: the email waits for a readable file.
+            unbuildable.append(
+                outbox.Outcome(
+                    claimed=entry, kind=smtp.OutcomeKind.TEMPORARY, reply=f"not signed: {signer}"
+                )
+            )
+            continue
         try:
             data = mime.build(messages[email.id], cache=cache)
+            if signer is not None:
+                data = signer.sign(data)
         except errors.InvalidInput as error:
             unbuildable.append(
                 outbox.Outcome(
@@ -131,6 +155,10 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
             )
         )
     return _Prepared(claimed={c.email.id: c for c in claimed}, items=items, unbuildable=unbuildable)
+
+
+def _domain(email: outbox.ClaimedEmail) -> str:
+    return email.from_address.rpartition("@")[2].lower()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

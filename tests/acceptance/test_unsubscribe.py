@@ -1,6 +1,8 @@
-"""One-click unsubscribe as recipients and their mail providers use it: the links a real poller
-sends, POSTed as Gmail does (urlencoded and multipart), a GET that changes nothing, tampered
-tokens and a new secret key, and the next bulk send that leaves the contact out."""
+"""One-click unsubscribe and DKIM as recipients and their mail providers meet them: a real
+poller sends a bulk operation signed with the key `bulkmail dkim add` named, every received
+message verifies with dkimpy against the record `bulkmail dkim dns` prints; its links POSTed as
+Gmail does (urlencoded and multipart), a GET that changes nothing, tampered tokens and a new
+secret key, and the next bulk send that leaves the contact out."""
 
 from __future__ import annotations
 
@@ -10,12 +12,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dkim as dkimpy
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bulkmail import db, errors, expansion, models, settings, templates, unsubscribe
 from bulkmail.status import Status
 from tests import bulkops, mailserver, pollers, webserver
+from tests.acceptance.conftest import Cli
 
 PUBLIC_URL = "https://mail.example.org/bulk"
 SECRET = base64.urlsafe_b64encode(b"k" * 32).decode()
@@ -52,6 +58,31 @@ def _multipart(field: str, value: str) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
+def _signing_key(cli: Cli, folder: Path) -> bytes:
+    """A key added with `bulkmail dkim add`; the TXT value `bulkmail dkim dns` prints."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = folder / "dkim.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    (folder / "junk.pem").write_text("not a key")
+    refused = cli.refused(
+        "dkim", "add", "--domain", "example.org", "--selector", "s1", "--key-file", "junk.pem"
+    )
+    assert "holds no unencrypted PEM private key" in refused
+    cli.ok("dkim", "add", "--domain", "Example.ORG", "--selector", "s1", "--key-file", str(pem))
+    listed = cli.ok("dkim", "list", "--json")
+    assert f'"key_file": "{pem}"' in listed
+    assert '"domain": "example.org"' in listed
+    record = cli.ok("dkim", "dns", "example.org")
+    assert record.startswith("s1._domainkey.example.org. IN TXT (")
+    return "".join(record.split('"')[1::2]).encode()
+
+
 def test_a_recipient_unsubscribes_with_one_click_and_the_next_send_leaves_them_out(
     engine: sa.Engine,
     pg_url: str,
@@ -62,6 +93,7 @@ def test_a_recipient_unsubscribes_with_one_click_and_the_next_send_leaves_them_o
     with db.session_scope(engine) as session:
         templates.create(session, name="footer", subject="News", html=FOOTER)
     ids = bulkops.add_contacts(engine, 3)
+    txt = _signing_key(Cli(database_url=pg_url, cwd=tmp_path), tmp_path)
     operation_id = bulkops.submit(engine, template_name="footer")
     env = {"BULKMAIL_PUBLIC_URL": PUBLIC_URL, "BULKMAIL_SECRET_KEY": SECRET}
     expansion.expand(engine, operation_id, batch_size=10, links=_links())
@@ -74,6 +106,11 @@ def test_a_recipient_unsubscribes_with_one_click_and_the_next_send_leaves_them_o
     emails = {e.regarding_contact_id: e for e in bulkops.emails_of(engine, operation_id)}
     paths = {}
     for contact_id, email in emails.items():
+        data = deliveries[email.to_addresses[0]].data
+        assert data.startswith(
+            b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org;"
+        )
+        assert dkimpy.verify(data, dnsfunc=lambda name, timeout=5: txt)
         message = deliveries[email.to_addresses[0]].parsed()
         url = f"{PUBLIC_URL}/u/{_links().token(email.id)}"
         assert message["List-Unsubscribe"] == f"<{url}>"
