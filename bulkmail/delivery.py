@@ -116,24 +116,20 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
         if not claimed:
             return _Prepared(claimed={}, items=[], unbuildable=[])
         messages = compose.messages(session, [c.email for c in claimed], links=options.unsubscribe)
-        signers = options.keyring.signers(session, {_domain(c.email) for c in claimed})
+        signers = options.keyring.signers(session, [c.email.from_address for c in claimed])
     items: list[Item] = []
     unbuildable: list[outbox.Outcome] = []
     for entry in claimed:
         email = entry.email
-        signer = signers.get(_domain(email))
-        if isinstance(signer, errors.InvalidInput):
-            # Never unsigned when the domain has a key: the email waits for a readable file.
+        try:
+            data = signers.sign(email.from_address, mime.build(messages[email.id], cache=cache))
+        except signing.KeyUnusable as error:
+            # Never unsigned when the domain has a key: the email waits for a usable file.
+            reply = f"not signed: {error}"
             unbuildable.append(
-                outbox.Outcome(
-                    claimed=entry, kind=smtp.OutcomeKind.TEMPORARY, reply=f"not signed: {signer}"
-                )
+                outbox.Outcome(claimed=entry, kind=smtp.OutcomeKind.TEMPORARY, reply=reply)
             )
             continue
-        try:
-            data = mime.build(messages[email.id], cache=cache)
-            if signer is not None:
-                data = signer.sign(data)
         except errors.InvalidInput as error:
             unbuildable.append(
                 outbox.Outcome(
@@ -155,10 +151,6 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
             )
         )
     return _Prepared(claimed={c.email.id: c for c in claimed}, items=items, unbuildable=unbuildable)
-
-
-def _domain(email: outbox.ClaimedEmail) -> str:
-    return email.from_address.rpartition("@")[2].lower()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -7,7 +7,8 @@ The keys stay in their files (the database names the path); a poller reads each 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -55,24 +56,44 @@ def as_dict(key: models.DkimKey) -> dict[str, object]:
     }
 
 
+class KeyUnusable(errors.InvalidInput):
+    """A domain's key file cannot be read or used: its mail waits rather than go out unsigned."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Signers:
+    """The signers of one batch's sender domains, or why a domain's key cannot be used."""
+
+    by_domain: Mapping[str, dkim.Signer | str]
+
+    def sign(self, from_address: str, message: bytes) -> bytes:
+        """The message signed with its From domain's key; unchanged for a domain without one."""
+        found = self.by_domain.get(domain_of(from_address))
+        if found is None:
+            return message
+        if isinstance(found, str):
+            raise KeyUnusable(found)
+        return found.sign(message)
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
 class Keyring:
-    """A poller's signers: each key file read once, and again when its row names another."""
+    """A sender's keys: each key file read once, and again when its row names another."""
 
     def __init__(self) -> None:
         self._loaded: dict[tuple[str, str, str], dkim.Signer] = {}
         self._lock = threading.Lock()
 
-    def signers(
-        self, session: orm.Session, domains: Iterable[str]
-    ) -> dict[str, dkim.Signer | errors.InvalidInput]:
-        """The signer of each of the domains that has a key, or why its key cannot be used."""
-        wanted = sorted({domain.lower() for domain in domains})
-        if not wanted:
-            return {}
+    def signers(self, session: orm.Session, from_addresses: Iterable[str]) -> Signers:
+        """The signers of the addresses' domains: one query, key files read once."""
+        wanted = sorted({domain_of(address) for address in from_addresses})
         rows = session.execute(
             sa.select(K.domain, K.selector, K.key_file).where(K.domain.in_(wanted))
         ).all()
-        found: dict[str, dkim.Signer | errors.InvalidInput] = {}
+        found: dict[str, dkim.Signer | str] = {}
         for row in rows:
             spec = (row.domain, row.selector, row.key_file)
             with self._lock:
@@ -81,13 +102,13 @@ class Keyring:
                 try:
                     key = dkim.load_key(_read(Path(row.key_file)), source=row.key_file)
                 except errors.InvalidInput as error:
-                    found[row.domain] = error
+                    found[row.domain] = str(error)
                     continue
                 signer = dkim.Signer(domain=row.domain, selector=row.selector, key=key)
                 with self._lock:
                     self._loaded[spec] = signer
             found[row.domain] = signer
-        return found
+        return Signers(by_domain=found)
 
 
 def _domain(domain: str) -> str:
