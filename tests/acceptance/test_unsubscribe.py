@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dkim as dkimpy
+import pydantic
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
@@ -173,7 +174,10 @@ def test_a_recipient_unsubscribes_with_one_click_and_the_next_send_leaves_them_o
     bulkops.assert_counters_match_the_emails(engine, next_id)
 
 
-def test_links_need_the_secret_key() -> None:
+def test_links_need_the_secret_key_and_an_http_url() -> None:
+    for bad in ("ftp://mail.example.org", "https://mail.example.org/?x=1", "mail.example.org"):
+        with pytest.raises(pydantic.ValidationError, match="as recipients reach it"):
+            settings.Settings(public_url=bad)
     with pytest.raises(errors.InvalidInput, match="BULKMAIL_SECRET_KEY is not"):
         unsubscribe.Links.from_settings(settings.Settings(public_url=PUBLIC_URL))
     assert unsubscribe.Links.from_settings(settings.Settings(secret_key=SECRET)) is None
