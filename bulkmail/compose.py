@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from bulkmail import emails, mime, models
+from bulkmail import emails, mime, models, unsubscribe
 
 
 class Stored(Protocol):
@@ -48,9 +48,16 @@ class Stored(Protocol):
 
 
 def messages(
-    session: orm.Session, rows: Sequence[Stored], *, now: dt.datetime | None = None
+    session: orm.Session,
+    rows: Sequence[Stored],
+    *,
+    now: dt.datetime | None = None,
+    links: unsubscribe.Links | None = None,
 ) -> dict[int, mime.Message]:
-    """The ``mime.Message`` of each email in ``rows``, by email id."""
+    """The ``mime.Message`` of each email in ``rows``, by email id.
+
+    With ``links``, each email of a bulk operation carries its List-Unsubscribe fields.
+    """
     date = now or dt.datetime.now(dt.UTC)
     operation_ids = sorted(
         {row.bulk_operation_id for row in rows if row.bulk_operation_id is not None}
@@ -70,15 +77,22 @@ def messages(
             text=row.body_text,
             html=row.body_html,
             attachments=tuple(parts.get(row.id, ())),
+            headers=(
+                links.headers(row.id)
+                if links is not None and row.bulk_operation_id is not None
+                else ()
+            ),
         )
         for row in rows
     }
 
 
-def message_bytes(session: orm.Session, email_id: int) -> bytes:
+def message_bytes(
+    session: orm.Session, email_id: int, *, links: unsubscribe.Links | None = None
+) -> bytes:
     """The exact bytes the SMTP server will receive for one email (before dot-stuffing)."""
     email = emails.get(session, email_id)
-    return mime.build(messages(session, [email])[email.id])
+    return mime.build(messages(session, [email], links=links)[email.id])
 
 
 def _operation_reply_to(session: orm.Session, operation_ids: list[int]) -> dict[int | None, str]:

@@ -32,7 +32,18 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
 
-from bulkmail import compose, db, defaults, errors, mime, outbox, ratelimit, smtp
+from bulkmail import (
+    compose,
+    db,
+    defaults,
+    errors,
+    mime,
+    outbox,
+    ratelimit,
+    signing,
+    smtp,
+    unsubscribe,
+)
 from bulkmail.status import FailureKind
 
 Item = smtp.Item[int]
@@ -51,6 +62,8 @@ class Options:
     completion_batch: int = defaults.COMPLETION_BATCH
     lease: dt.timedelta = dt.timedelta(seconds=defaults.LEASE_SECONDS)
     policy: outbox.RetryPolicy = field(default_factory=outbox.RetryPolicy)
+    unsubscribe: unsubscribe.Links | None = None  # None: no List-Unsubscribe fields
+    keyring: signing.Keyring = field(default_factory=signing.Keyring)  # DKIM keys, read once
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,13 +115,21 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
         )
         if not claimed:
             return _Prepared(claimed={}, items=[], unbuildable=[])
-        messages = compose.messages(session, [c.email for c in claimed])
+        messages = compose.messages(session, [c.email for c in claimed], links=options.unsubscribe)
+        signers = options.keyring.signers(session, [c.email.from_address for c in claimed])
     items: list[Item] = []
     unbuildable: list[outbox.Outcome] = []
     for entry in claimed:
         email = entry.email
         try:
-            data = mime.build(messages[email.id], cache=cache)
+            data = signers.sign(email.from_address, mime.build(messages[email.id], cache=cache))
+        except signing.KeyUnusable as error:
+            # Never unsigned when the domain has a key: the email waits for a usable file.
+            reply = f"not signed: {error}"
+            unbuildable.append(
+                outbox.Outcome(claimed=entry, kind=smtp.OutcomeKind.TEMPORARY, reply=reply)
+            )
+            continue
         except errors.InvalidInput as error:
             unbuildable.append(
                 outbox.Outcome(

@@ -58,6 +58,7 @@ from bulkmail import (
     rendering,
     tally,
     templates,
+    unsubscribe,
     wakeup,
 )
 from bulkmail.models import OperationStatus
@@ -121,6 +122,7 @@ class Recipe:
     from_name: str
     sender: Mapping[str, object]
     domain: str
+    unsubscribe: unsubscribe.Links | None = None
 
     def render(
         self, contact: sa.Row[Any], *, email_id: int, message_id: str, now: dt.datetime
@@ -131,7 +133,14 @@ class Recipe:
                 self.compiled,
                 contact=_contact_context(contact),
                 sender=self.sender,
-                email={"id": email_id, "message_id": message_id},
+                email={
+                    "id": email_id,
+                    "message_id": message_id,
+                    # For a visible footer link; empty when the links are off.
+                    "unsubscribe_url": (
+                        "" if self.unsubscribe is None else self.unsubscribe.url(email_id)
+                    ),
+                },
                 now=now,
             )
         except rendering.RenderError as error:
@@ -165,6 +174,7 @@ def expand(
     *,
     batch_size: int,
     message_id_domain: str | None = None,
+    links: unsubscribe.Links | None = None,
 ) -> OperationStatus | None:
     """Write the operation's emails from its checkpoint on, batch by batch.
 
@@ -177,7 +187,7 @@ def expand(
     with _exclusive(engine, operation_id) as alone:
         if not alone:
             return None
-        recipe = _start(engine, operation_id, message_id_domain)
+        recipe = _start(engine, operation_id, message_id_domain, links)
         if isinstance(recipe, OperationStatus):
             return recipe
         while True:
@@ -203,7 +213,10 @@ def _exclusive(engine: sa.Engine, operation_id: int) -> Iterator[bool]:
 
 
 def _start(
-    engine: sa.Engine, operation_id: int, message_id_domain: str | None
+    engine: sa.Engine,
+    operation_id: int,
+    message_id_domain: str | None,
+    links: unsubscribe.Links | None,
 ) -> Recipe | OperationStatus:
     """Move the operation to Expanding and gather its recipe, or say why there is nothing to do."""
     with db.session_scope(engine) as session:
@@ -214,7 +227,9 @@ def _start(
             return operation.current_status
         now = models.utcnow()
         try:
-            recipe = _make_recipe(session, operation, message_id_domain=message_id_domain)
+            recipe = _make_recipe(
+                session, operation, message_id_domain=message_id_domain, links=links
+            )
         except errors.BulkmailError as error:
             session.execute(
                 sa.update(Op)
@@ -251,7 +266,11 @@ def _start(
 
 
 def _make_recipe(
-    session: orm.Session, operation: models.BulkOperation, *, message_id_domain: str | None
+    session: orm.Session,
+    operation: models.BulkOperation,
+    *,
+    message_id_domain: str | None,
+    links: unsubscribe.Links | None = None,
 ) -> Recipe:
     """The operation's recipe, or the error that keeps it from being expanded."""
     template = (
@@ -281,6 +300,7 @@ def _make_recipe(
         from_name=headers.check_header_value("sender name", sender.name),
         sender={"name": sender.name, "address": sender.email},
         domain=domain.strip().lower(),
+        unsubscribe=links,
     )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from bulkmail import compose, db, errors, mime, outbox, smtp
+from bulkmail import compose, db, errors, mime, outbox, signing, smtp, unsubscribe
 from bulkmail.status import FailureKind
 
 
@@ -59,6 +59,8 @@ def claim(
     policy: outbox.RetryPolicy,
     reap: bool = True,
     cache: mime.PartCache = mime.DEFAULT_CACHE,
+    links: unsubscribe.Links | None = None,
+    keyring: signing.Keyring | None = None,
 ) -> list[Handout]:
     """Claim up to ``limit`` due emails for ``worker`` and build them, in one transaction
     (after reaping expired leases, when ``reap``).
@@ -73,13 +75,23 @@ def claim(
         claimed = outbox.claim(session, worker=worker, limit=limit, lease=lease)
         if not claimed:
             return []
-        messages = compose.messages(session, [c.email for c in claimed])
+        messages = compose.messages(session, [c.email for c in claimed], links=links)
+        signers = (keyring or signing.Keyring()).signers(
+            session, [c.email.from_address for c in claimed]
+        )
         handed: list[Handout] = []
         unbuildable: list[outbox.Outcome] = []
         for entry in claimed:
             email, message = entry.email, messages[entry.email.id]
             try:
-                data = mime.build(message, cache=cache)
+                data = signers.sign(email.from_address, mime.build(message, cache=cache))
+            except signing.KeyUnusable as error:
+                # As a poller does: never unsigned, the email waits for a usable key file.
+                reply = f"not signed: {error}"
+                unbuildable.append(
+                    outbox.Outcome(claimed=entry, kind=smtp.OutcomeKind.TEMPORARY, reply=reply)
+                )
+                continue
             except errors.InvalidInput as error:
                 unbuildable.append(
                     outbox.Outcome(

@@ -122,6 +122,22 @@ class ApiToken(Base):
     revoked_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
 
 
+class DkimKey(Base):
+    """The DKIM key that signs mail from one sender domain (migration 0016).
+
+    Only the key file's path is stored: the private key never enters the database, and each
+    poller host reads it from its own copy.
+    """
+
+    __tablename__ = "dkim_keys"
+
+    id: orm.Mapped[int] = orm.mapped_column(BigId, sa.Identity(), primary_key=True)
+    domain: orm.Mapped[str] = orm.mapped_column(sa.String(253), unique=True)
+    selector: orm.Mapped[str] = orm.mapped_column(sa.String(200))
+    key_file: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
+
+
 class ApiIdempotencyKey(Base):
     """The first answer to a creating API call that carried an ``Idempotency-Key``: a retry
     with the same key (and the same request) gets it again instead of a second record."""
@@ -172,6 +188,11 @@ class Contact(Base):
     )
     # Why bulk email stopped when bulkmail stopped it (a hard bounce, a complaint: migration 0014).
     do_not_bulk_email_reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    # The first one-click unsubscribe: when, and from which email of which operation (0016).
+    # Plain ids, no foreign keys: deleting emails must not search the contacts.
+    unsubscribed_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(UTCDateTime)
+    unsubscribed_email_id: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
+    unsubscribed_operation_id: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UTCDateTime, default=utcnow)
     modified_at: orm.Mapped[dt.datetime] = orm.mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow

@@ -43,7 +43,8 @@ def send_from_template(
         templates.compile_template(template),
         contact=templates.contact_context(contact),
         sender={"name": sender.name, "address": sender.email},
-        email={"id": email.id, "message_id": email.message_id},
+        # One email to one contact is no bulk mail: it carries no unsubscribe link.
+        email={"id": email.id, "message_id": email.message_id, "unsubscribe_url": None},
         now=dt.datetime.now(dt.UTC),
     )
     email.subject, email.body_html, email.body_text = rendered.subject, rendered.html, rendered.text

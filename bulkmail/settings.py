@@ -5,12 +5,18 @@ No other module reads ``os.environ``; callers pass a ``Settings`` (or use ``load
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, ValidationError
+import re
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bulkmail import defaults, errors, redaction
 
 PREFIX = "BULKMAIL_"
+
+
+# An http(s) base URL without query or fragment: unsubscribe paths are appended to it.
+_PUBLIC_URL = re.compile(r"https?://[^\s/?#@]+(/[^\s?#]*)?")
 
 
 class Settings(BaseSettings):
@@ -113,6 +119,22 @@ class Settings(BaseSettings):
         description="Fernet key that encrypts incoming mailboxes' passwords in the database; "
         "unset: profiles must name a password file (--keep-file)",
     )
+    public_url: str | None = Field(
+        default=None,
+        description="The web app's address as recipients reach it, e.g. https://mail.example.org; "
+        "set: every bulk email carries one-click unsubscribe links under it (needs "
+        "BULKMAIL_SECRET_KEY)",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value and not _PUBLIC_URL.fullmatch(value):
+            raise ValueError(
+                "give the web app's address as recipients reach it, like https://mail.example.org"
+            )
+        return value or None
+
     inbound_poll_interval: float = Field(
         default=defaults.INBOUND_POLL_INTERVAL_SECONDS,
         ge=0.1,

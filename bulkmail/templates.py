@@ -106,7 +106,7 @@ def render_for(
         sender={"name": sender.name, "address": sender.email}
         if sender
         else rendering.SAMPLE_SENDER,
-        email={"id": email_id, "message_id": message_id},
+        email={"id": email_id, "message_id": message_id, "unsubscribe_url": None},
         now=dt.datetime.now(dt.UTC),
     )
 

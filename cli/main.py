@@ -20,6 +20,7 @@ _COMMANDS = {
     "contacts": ("cli.contacts", "contacts"),
     "db": ("cli.schema", "db"),
     "demo": ("cli.demo", "demo"),
+    "dkim": ("cli.dkim", "dkim"),
     "email": ("cli.emails", "email"),
     "mailbox": ("cli.mailboxes", "mailbox"),
     "org": ("cli.org", "org"),

@@ -35,9 +35,12 @@ class Web:
         token: str | None = None,
         form: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        data: bytes | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """GET (or POST ``form``) without following redirects: status, headers, body."""
-        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        """GET (or POST ``form``, or ``data``) without following redirects: status, headers,
+        body."""
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
         # Always http://127.0.0.1:PORT: no other scheme can reach here.
         request = urllib.request.Request(  # noqa: S310
             self.url + path, data=data, headers=headers or {}

@@ -45,6 +45,7 @@ from bulkmail import (
     ratelimit,
     settings,
     smtp,
+    unsubscribe,
     wakeup,
 )
 from workers import collector
@@ -69,6 +70,7 @@ class Config:
     grace: float = defaults.GRACE_SECONDS
     rate_limit: float = 0.0
     redis_url: str = "redis://127.0.0.1:6379/0"
+    unsubscribe: unsubscribe.Links | None = None
 
     def __post_init__(self) -> None:
         # A bad SMTP URL is one clear error before the poller starts, not a line after its logs.
@@ -89,6 +91,7 @@ class Config:
             grace=config.grace_seconds,
             rate_limit=config.smtp_rate_limit,
             redis_url=config.redis_url,
+            unsubscribe=unsubscribe.Links.from_settings(config),
         )
         given = {name: value for name, value in overrides.items() if value is not None}
         return replace(base, **given)  # type: ignore[arg-type]
@@ -119,6 +122,7 @@ class Poller:
             completion_batch=config.completion_batch,
             lease=config.lease,
             policy=config.policy,
+            unsubscribe=config.unsubscribe,
         )
         self.stopping = asyncio.Event()
         self._cache = mime.PartCache()

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from kombu import exceptions as kombu_errors
 
-from bulkmail import bulk, db, errors, expansion, history, models, settings
+from bulkmail import bulk, db, errors, expansion, history, models, settings, unsubscribe
 from workers.celery_app import app
 
 logger = logging.getLogger("bulkmail.tasks")
@@ -56,6 +56,7 @@ def expand(operation_id: int) -> None:
         operation_id,
         batch_size=config.expansion_batch,
         message_id_domain=config.message_id_domain or None,
+        links=unsubscribe.Links.from_settings(config),
     )
     if status is None:
         logger.info("bulk operation %s is being expanded by another worker", operation_id)

@@ -66,7 +66,11 @@ SAMPLE_SENDER: Final[Mapping[str, object]] = types.MappingProxyType(
     {"name": "Example Newsletter", "address": "news@example.com"}
 )
 SAMPLE_EMAIL: Final[Mapping[str, object]] = types.MappingProxyType(
-    {"id": 1, "message_id": "<sample@example.com>"}
+    {
+        "id": 1,
+        "message_id": "<sample@example.com>",
+        "unsubscribe_url": "https://mail.example.com/u/1-sample",
+    }
 )
 
 

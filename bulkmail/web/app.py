@@ -23,14 +23,15 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from bulkmail import db, errors, handout, outbox, settings, tokens
-from bulkmail.web import actions, api, metrics, security, views
+from bulkmail import db, errors, handout, outbox, settings, signing, tokens
+from bulkmail import unsubscribe as unsubscribe_links
+from bulkmail.web import actions, api, metrics, security, unsubscribe, views
 from bulkmail.web.api import calls, problems
 
 HERE = Path(__file__).parent
-# Reachable without the dashboard's token: the login page, the static files, and /metrics,
-# which checks its own.
-OPEN_PATHS = ("/login", "/static/", "/metrics")
+# Reachable without the dashboard's token: the login page, the static files, /metrics, which
+# checks its own, and the unsubscribe links, whose token is their credential.
+OPEN_PATHS = ("/login", "/static/", "/metrics", unsubscribe.PATH)
 # Longer query strings are refused (414) before any handler parses them.
 MAX_QUERY_BYTES = 8192
 # Ids are PostgreSQL bigints: a larger number in a path names no record.
@@ -138,6 +139,7 @@ def create_app(
             *views.routes,
             *actions.routes,
             *metrics.routes,
+            *unsubscribe.routes,
             *extra_routes,
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
@@ -149,6 +151,9 @@ def create_app(
     app.state.policy = outbox.RetryPolicy.from_settings(config)
     app.state.reaper = handout.Reaper(config.reap_interval)
     app.state.message_id_domain = config.message_id_domain or None
+    app.state.unsubscribe = unsubscribe_links.Links.from_settings(config)
+    # BackgroundSendEmail signs as the pollers do; each key file is read once per process.
+    app.state.keyring = signing.Keyring()
     # SendBulkMail's doorbell; ``bulkmail web`` gives Celery's. Without one, the reconciler
     # queues new operations.
     app.state.enqueue_expansion = lambda operation_id: None

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: list[tuple[str, str, int, list[str]]] = [
     ("bench_post_office.py", "--n", 20_000, []),
     ("bench_mime.py", "--n", 20_000, []),
+    ("bench_dkim.py", "--n", 5_000, []),
     ("bench_import.py", "--n", 1_000_000, []),
     ("bench_expansion.py", "--n", 1_000_000, []),
     # Against the same template with a text part, not against post_office.

@@ -132,6 +132,8 @@ async def claim(request: Request) -> Response:
         lease=lease,
         policy=request.app.state.policy,
         reap=request.app.state.reaper.due(),
+        links=request.app.state.unsubscribe,
+        keyring=request.app.state.keyring,
     )
     # Built by hand: validating thousands of messages again would cost more than the claim.
     emails = [

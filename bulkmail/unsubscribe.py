@@ -1,0 +1,138 @@
+"""One-click unsubscribe (RFC 8058, RFC 2369): the link in each bulk email, and what using it does.
+
+A link's token is the email id and an HMAC-SHA256 of it, keyed with a key derived from
+``BULKMAIL_SECRET_KEY``: nobody can make the token of another email, and a new secret key voids
+every link sent before it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from bulkmail import db, errors, models, settings, tally
+from bulkmail.status import State, Status
+
+# The secret key also encrypts incoming passwords; the label keeps this key apart from that use.
+_LABEL = b"bulkmail one-click unsubscribe"
+_MAC_BYTES = 16  # 128 bits: no forging by trial
+_TOKEN = re.compile(r"([1-9][0-9]{0,18})-([A-Za-z0-9_-]{22})")
+ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+E = models.Email
+C = models.Contact
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Links:
+    """Makes and checks the unsubscribe links of one installation."""
+
+    base_url: str  # the web app's public URL, without a trailing slash
+    key: bytes
+
+    @classmethod
+    def from_settings(cls, config: settings.Settings) -> Links | None:
+        """The links, or None when ``BULKMAIL_PUBLIC_URL`` is unset (emails then carry none)."""
+        if not config.public_url:
+            return None
+        if not config.secret_key:
+            raise errors.InvalidInput(
+                "BULKMAIL_PUBLIC_URL is set but BULKMAIL_SECRET_KEY is not: unsubscribe links "
+                "are signed with it; set both, or neither"
+            )
+        key = hmac.new(config.secret_key.encode(), _LABEL, hashlib.sha256).digest()
+        return cls(base_url=config.public_url.rstrip("/"), key=key)
+
+    def token(self, email_id: int) -> str:
+        return f"{email_id}-{self._mac(email_id)}"
+
+    def url(self, email_id: int) -> str:
+        return f"{self.base_url}/u/{self.token(email_id)}"
+
+    def headers(self, email_id: int) -> tuple[tuple[str, str], ...]:
+        """The two header fields every bulk email carries."""
+        return (("List-Unsubscribe", f"<{self.url(email_id)}>"), ONE_CLICK)
+
+    def email_id(self, token: str) -> int | None:
+        """The email a token was made for, or None for a token this key did not make."""
+        found = _TOKEN.fullmatch(token)
+        if found is None:
+            return None
+        email_id = int(found.group(1))
+        if not hmac.compare_digest(found.group(2), self._mac(email_id)):
+            return None
+        return email_id
+
+    def _mac(self, email_id: int) -> str:
+        digest = hmac.new(self.key, str(email_id).encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:_MAC_BYTES]).decode().rstrip("=")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Unsubscribed:
+    """What one use of a link did."""
+
+    contact_id: int
+    first: bool  # False: the contact had unsubscribed before, and nothing changed
+    canceled: int  # the contact's Pending Send bulk emails canceled now
+
+
+def apply(session: orm.Session, email_id: int) -> Unsubscribed:
+    """Stop bulk email to the contact the email went to, and cancel what still waits for them.
+
+    Repeating it changes nothing: the first use is the one recorded.
+    """
+    email = session.get(E, email_id)
+    if email is None or email.regarding_contact_id is None:
+        raise errors.NotFound("this unsubscribe link names no recipient any more")
+    contact_id, operation_id = email.regarding_contact_id, email.bulk_operation_id
+    now = models.utcnow()
+    reason = f"unsubscribed by one-click from email {email_id}" + (
+        f" of bulk operation {operation_id}" if operation_id is not None else ""
+    )
+    first = session.execute(
+        sa.update(C)
+        .where(C.id == contact_id, C.unsubscribed_at.is_(None))
+        .values(
+            do_not_bulk_email=True,
+            # A hard bounce or complaint stopped it first: that reason stays.
+            do_not_bulk_email_reason=sa.func.coalesce(C.do_not_bulk_email_reason, reason),
+            unsubscribed_at=now,
+            unsubscribed_email_id=email_id,
+            unsubscribed_operation_id=operation_id,
+            modified_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    # Emails a poller holds (Sending) are skipped: they may be with the SMTP server already.
+    pending = (
+        sa.select(E.id)
+        .where(
+            E.regarding_contact_id == contact_id,
+            E.bulk_operation_id.is_not(None),
+            E.statuscode == int(Status.PENDING_SEND),
+        )
+        .with_for_update(skip_locked=True, key_share=True)
+    )
+    canceled = (
+        session.execute(
+            sa.update(E)
+            .where(E.id.in_(pending.scalar_subquery()))
+            .values(statuscode=int(Status.CANCELED), statecode=int(State.CANCELED), modified_at=now)
+            .returning(E.bulk_operation_id)
+            .execution_options(synchronize_session=False)
+        )
+        .scalars()
+        .all()
+    )
+    counters = tally.Tally()
+    counters.move_each(canceled, Status.PENDING_SEND, Status.CANCELED)
+    counters.write(session, now=now)
+    return Unsubscribed(
+        contact_id=contact_id, first=db.rowcount(first) == 1, canceled=len(canceled)
+    )
