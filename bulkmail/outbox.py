@@ -309,7 +309,7 @@ def _fail_blocked(
     )
 
 
-def _unclaimed(now: dt.datetime) -> dict[str, object]:
+def _unclaimed(now: dt.datetime | sa.BindParameter[dt.datetime]) -> dict[str, object]:
     """The values that end a claim, whatever it ended in: a cancel request is answered too."""
     return {
         "claim_token": None,
@@ -410,29 +410,9 @@ def complete(
             params["b_kind"] = int(outcome.failure)
             target = Status.FAILED
         groups.setdefault(target, []).append(params)
-    values: dict[Status, dict[str, object]] = {
-        Status.SENT: {
-            "statuscode": int(Status.SENT),
-            "statecode": int(State.COMPLETED),
-            "sent_at": now,
-            "last_smtp_reply": sa.bindparam("b_reply"),
-        },
-        Status.PENDING_SEND: {
-            **_back_to_pending_unless_canceled(),
-            "next_attempt_at": sa.bindparam("b_next"),
-            "last_smtp_reply": sa.bindparam("b_reply"),
-        },
-        Status.FAILED: {
-            "statuscode": int(Status.FAILED),
-            "statecode": int(State.OPEN),
-            "last_smtp_reply": sa.bindparam("b_reply"),
-            "failure_reason": sa.bindparam("b_reason"),
-            "failure_kind": sa.bindparam("b_kind"),
-        },
-    }
     changed: list[tally.Move] = []
     for target, params_list in groups.items():
-        changed += _update_claimed(session, {**values[target], **_unclaimed(now)}, params_list)
+        changed += _update_claimed(session, target, params_list, now)
     counters = tally.Tally()
     counters.move_counted(changed, Status.SENDING)
     counters.write(session, now=now)
@@ -461,13 +441,52 @@ def complete(
 
 
 def _update_claimed(
-    session: orm.Session, values: dict[str, object], params_list: list[dict[str, object]]
+    session: orm.Session, target: Status, params_list: list[dict[str, object]], now: dt.datetime
 ) -> list[tally.Move]:
-    """Apply ``values`` to each claimed email of ``params_list`` still holding its token;
-    returns how many did, per operation and new status. ``b_*`` bind parameters in ``values``
-    take each email's own value."""
+    """Move each claimed email of ``params_list`` still holding its token to ``target``;
+    returns how many did, per operation and new status."""
+    # str() writes the tokens (UUIDs) and retry times (aware datetimes) as PostgreSQL reads them;
+    # a batch's few tokens once each here, rather than once per email through json's default.
+    texts: dict[object, str] = {}
+    for params in params_list:
+        token = params["b_token"]
+        params["b_token"] = texts.get(token) or texts.setdefault(token, str(token))
+    rows = json.dumps(params_list, default=str)
+    return tally.count_moves(session, _completion(target), {"b_rows": rows, "now": now})
+
+
+@functools.cache
+def _completion(target: Status) -> sa.Select[Any]:
+    """The completion to ``target``, counting what it moved (``tally.counting``).
+
+    Built once per process, with the time (``now``) and the batch (``b_rows``) as parameters:
+    building it took ~0.6 ms of a poller's CPU time per completion.
+    """
+    now = sa.bindparam("now", type_=models.UTCDateTime)
+    reply: sa.BindParameter[str] = sa.bindparam("b_reply")
+    values: dict[Status, dict[str, object]] = {
+        Status.SENT: {
+            "statuscode": int(Status.SENT),
+            "statecode": int(State.COMPLETED),
+            "sent_at": now,
+            "last_smtp_reply": reply,
+        },
+        Status.PENDING_SEND: {
+            **_back_to_pending_unless_canceled(),
+            "next_attempt_at": sa.bindparam("b_next"),
+            "last_smtp_reply": reply,
+        },
+        Status.FAILED: {
+            "statuscode": int(Status.FAILED),
+            "statecode": int(State.OPEN),
+            "last_smtp_reply": reply,
+            "failure_reason": sa.bindparam("b_reason"),
+            "failure_kind": sa.bindparam("b_kind"),
+        },
+    }
     # One statement joined to the batch, passed as one JSON parameter (json.dumps is C; dumping
-    # five arrays element by element was a fifth of the completion's CPU time).
+    # five arrays element by element was a fifth of the completion's CPU time). ``b_*`` bind
+    # parameters above take each email's own value from it.
     types: dict[str, sa.types.TypeEngine[Any]] = {
         "b_id": sa.BigInteger(),
         "b_token": sa.Uuid(),
@@ -482,22 +501,16 @@ def _update_claimed(
         .render_derived(name="batch", with_types=True)
     )
     per_email = {
-        key: batch.c[value.key] if isinstance(value, sa.BindParameter) else value
-        for key, value in values.items()
+        key: batch.c[value.key]
+        if isinstance(value, sa.BindParameter) and value.key.startswith("b_")
+        else value
+        for key, value in {**values[target], **_unclaimed(now)}.items()
     }
-    statement = (
+    return tally.counting(
         sa.update(E)
         .where(E.id == batch.c.b_id, E.claim_token == batch.c.b_token)
         .values(**per_email)
     )
-    # str() writes the tokens (UUIDs) and retry times (aware datetimes) as PostgreSQL reads them;
-    # a batch's few tokens once each here, rather than once per email through json's default.
-    texts: dict[object, str] = {}
-    for params in params_list:
-        token = params["b_token"]
-        params["b_token"] = texts.get(token) or texts.setdefault(token, str(token))
-    rows = json.dumps(params_list, default=str)
-    return tally.counted(session, statement, {"b_rows": rows})
 
 
 def renew(

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -47,19 +48,28 @@ class Move(NamedTuple):
 def counted(
     session: orm.Session, update: sa.Update, params: dict[str, object] | None = None
 ) -> list[Move]:
-    """Run an UPDATE of emails and count what it moved per operation and new status.
+    """Run an UPDATE of emails and count what it moved per operation and new status."""
+    return count_moves(session, counting(update), params)
+
+
+def counting(update: sa.Update) -> sa.Select[Any]:
+    """The UPDATE of emails as a statement that returns what it moved per operation, new status
+    and sender.
 
     PostgreSQL counts (the UPDATE is a CTE): a batch's thousand rows come back as a few.
     """
     E = models.Email
     moved = update.returning(E.bulk_operation_id, E.statuscode, E.from_address).cte("moved")
-    rows = session.connection().execute(
-        sa.select(
-            moved.c.bulk_operation_id, moved.c.statuscode, sa.func.count(), moved.c.from_address
-        ).group_by(moved.c.bulk_operation_id, moved.c.statuscode, moved.c.from_address),
-        params,
-    )
-    return [Move(*row) for row in rows]
+    return sa.select(
+        moved.c.bulk_operation_id, moved.c.statuscode, sa.func.count(), moved.c.from_address
+    ).group_by(moved.c.bulk_operation_id, moved.c.statuscode, moved.c.from_address)
+
+
+def count_moves(
+    session: orm.Session, statement: sa.Select[Any], params: dict[str, object] | None = None
+) -> list[Move]:
+    """Run a ``counting`` statement."""
+    return [Move(*row) for row in session.connection().execute(statement, params)]
 
 
 class Tally:
@@ -97,36 +107,42 @@ class Tally:
 
     def write(self, session: orm.Session, *, now: dt.datetime) -> None:
         params = [
-            {"t_id": op_id, **{f"d_{int(s)}": delta[s] for s in COLUMNS}}
+            {"t_id": op_id, "t_now": now, **{f"d_{int(s)}": delta[s] for s in COLUMNS}}
             for op_id, delta in sorted(self._deltas.items())
             if any(delta.values())
         ]
         self._deltas.clear()
         if not params:
             return
-        new = {
-            column.key: column + sa.bindparam(f"d_{int(s)}", type_=sa.BigInteger())
-            for s, column in COLUMNS.items()
-        }
-        # Two comparisons, not IN: an IN list is an expanding parameter, which executemany
-        # refuses, and this statement runs once per operation of the batch.
-        done_expanding = sa.or_(Op.status == _SENDING, Op.status == _COMPLETED)
-        idle = new[Op.pending.key] + new[Op.sending.key] == 0
-        stamp = sa.literal(now, models.UTCDateTime)
-        session.connection().execute(
-            sa.update(Op)
-            .where(Op.id == sa.bindparam("t_id"))
-            .values(
-                **new,
-                status=sa.case(
-                    (done_expanding, sa.case((idle, _COMPLETED), else_=_SENDING)),
-                    else_=Op.status,
-                ),
-                completed_at=sa.case(
-                    (done_expanding, sa.case((idle, sa.func.coalesce(Op.completed_at, stamp)))),
-                    else_=Op.completed_at,
-                ),
-            )
-            .execution_options(synchronize_session=False),
-            params,
+        session.connection().execute(_counter_update(), params)
+
+
+@functools.cache
+def _counter_update() -> sa.Update:
+    """The UPDATE of one operation's counters, built once per process: building it took
+    ~0.4 ms of a poller's CPU time per claim and per completion."""
+    new = {
+        column.key: column + sa.bindparam(f"d_{int(s)}", type_=sa.BigInteger())
+        for s, column in COLUMNS.items()
+    }
+    # Two comparisons, not IN: an IN list is an expanding parameter, which executemany
+    # refuses, and this statement runs once per operation of the batch.
+    done_expanding = sa.or_(Op.status == _SENDING, Op.status == _COMPLETED)
+    idle = new[Op.pending.key] + new[Op.sending.key] == 0
+    stamp = sa.bindparam("t_now", type_=models.UTCDateTime)
+    return (
+        sa.update(Op)
+        .where(Op.id == sa.bindparam("t_id"))
+        .values(
+            **new,
+            status=sa.case(
+                (done_expanding, sa.case((idle, _COMPLETED), else_=_SENDING)),
+                else_=Op.status,
+            ),
+            completed_at=sa.case(
+                (done_expanding, sa.case((idle, sa.func.coalesce(Op.completed_at, stamp)))),
+                else_=Op.completed_at,
+            ),
         )
+        .execution_options(synchronize_session=False)
+    )

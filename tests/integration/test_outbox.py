@@ -95,7 +95,7 @@ def test_unapproved_sender_fails_at_claim_and_never_is_returned(engine: sa.Engin
 
 def test_complete_writes_each_outcome(engine: sa.Engine) -> None:
     sender = _sender(engine)
-    sent, retry, failed = mailserver.insert_pending(engine, sender, 3)
+    sent, retry, failed, later = mailserver.insert_pending(engine, sender, 4)
     claimed = {c.email.id: c for c in _claim(engine)}
     now = models.utcnow()
     with db.session_scope(engine) as session:
@@ -128,6 +128,14 @@ def test_complete_writes_each_outcome(engine: sa.Engine) -> None:
         "550 5.1.1",
         FailureKind.REFUSED,
     )
+    # The completion statement is built once per process: each completion writes its own time.
+    with db.session_scope(engine) as session:
+        outbox.complete(
+            session,
+            [outbox.Outcome(claimed=claimed[later], kind=SENT, reply="250 ok")],
+            now=now + dt.timedelta(seconds=5),
+        )
+    assert _email(engine, later).sent_at == now + dt.timedelta(seconds=5)
 
 
 def test_backoff_doubles_and_is_capped() -> None:
