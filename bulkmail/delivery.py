@@ -108,6 +108,30 @@ def summary(error: exc.SQLAlchemyError) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def built(
+    entry: outbox.Claimed,
+    message: mime.Message,
+    signers: signing.Signers,
+    cache: mime.PartCache,
+) -> bytes | outbox.Outcome:
+    """The bytes a claimed email goes out as, signed where its domain has a DKIM key; or the
+    outcome to record when it cannot go out: temporary when the key file is unusable (never
+    sent unsigned: it waits for a usable file), permanent when the message cannot be built.
+    """
+    try:
+        return signers.sign(entry.email.from_address, mime.build(message, cache=cache))
+    except signing.KeyUnusable as error:
+        reply = f"not signed: {error}"
+        return outbox.Outcome(claimed=entry, kind=smtp.OutcomeKind.TEMPORARY, reply=reply)
+    except errors.InvalidInput as error:
+        return outbox.Outcome(
+            claimed=entry,
+            kind=smtp.OutcomeKind.PERMANENT,
+            reply=f"message cannot be built: {error}",
+            failure=FailureKind.UNBUILDABLE,
+        )
+
+
 def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Prepared:
     with db.transaction(engine) as session:
         claimed = outbox.claim(
@@ -121,24 +145,9 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
     unbuildable: list[outbox.Outcome] = []
     for entry in claimed:
         email = entry.email
-        try:
-            data = signers.sign(email.from_address, mime.build(messages[email.id], cache=cache))
-        except signing.KeyUnusable as error:
-            # Never unsigned when the domain has a key: the email waits for a usable file.
-            reply = f"not signed: {error}"
-            unbuildable.append(
-                outbox.Outcome(claimed=entry, kind=smtp.OutcomeKind.TEMPORARY, reply=reply)
-            )
-            continue
-        except errors.InvalidInput as error:
-            unbuildable.append(
-                outbox.Outcome(
-                    claimed=entry,
-                    kind=smtp.OutcomeKind.PERMANENT,
-                    reply=f"message cannot be built: {error}",
-                    failure=FailureKind.UNBUILDABLE,
-                )
-            )
+        data = built(entry, messages[email.id], signers, cache)
+        if isinstance(data, outbox.Outcome):
+            unbuildable.append(data)
             continue
         recipients = (*email.to_addresses, *email.cc_addresses, *email.bcc_addresses)
         items.append(

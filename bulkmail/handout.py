@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from bulkmail import compose, db, errors, mime, outbox, signing, smtp, unsubscribe
-from bulkmail.status import FailureKind
+from bulkmail import compose, db, delivery, mime, outbox, signing, smtp, unsubscribe
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,24 +82,9 @@ def claim(
         unbuildable: list[outbox.Outcome] = []
         for entry in claimed:
             email, message = entry.email, messages[entry.email.id]
-            try:
-                data = signers.sign(email.from_address, mime.build(message, cache=cache))
-            except signing.KeyUnusable as error:
-                # As a poller does: never unsigned, the email waits for a usable key file.
-                reply = f"not signed: {error}"
-                unbuildable.append(
-                    outbox.Outcome(claimed=entry, kind=smtp.OutcomeKind.TEMPORARY, reply=reply)
-                )
-                continue
-            except errors.InvalidInput as error:
-                unbuildable.append(
-                    outbox.Outcome(
-                        claimed=entry,
-                        kind=smtp.OutcomeKind.PERMANENT,
-                        reply=f"message cannot be built: {error}",
-                        failure=FailureKind.UNBUILDABLE,
-                    )
-                )
+            data = delivery.built(entry, message, signers, cache)  # as a poller builds it
+            if isinstance(data, outbox.Outcome):
+                unbuildable.append(data)
                 continue
             handed.append(
                 Handout(
