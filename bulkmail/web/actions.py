@@ -80,14 +80,8 @@ def _approval(decision: ApprovalStatus) -> Action:
 MAX_FORM_BYTES = 16_384
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def _params(request: Request) -> dict[str, Any]:
-    data = await calls.limited_body(request, MAX_FORM_BYTES)
-    if data is None:
-        raise _TooLarge
+    data = b"".join([chunk async for chunk in calls.within(request, MAX_FORM_BYTES)])
     body = data.decode("utf-8", errors="replace")
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
@@ -107,7 +101,7 @@ def _post(action: Action, back: str) -> Callable[[Request], Awaitable[Response]]
             given = await _params(request)
         except errors.InvalidInput as error:
             return views.refused(request, str(error), 400)
-        except _TooLarge:
+        except calls.TooLarge:
             return views.refused(
                 request, f"the request body is larger than {MAX_FORM_BYTES:,} bytes", 413
             )

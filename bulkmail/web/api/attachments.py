@@ -48,22 +48,17 @@ async def _upload(request: Request) -> BinaryIO:
     """The body in a temporary file (in memory up to 1 MiB, then on disk), refused (413) as
     soon as it passes the organization's limit: an upload never sits whole in memory."""
     limit = await calls.in_session(request, lambda s: organization.get(s).max_upload_size)
-    declared = request.headers.get("content-length", "")
-    too_large = problems.Problem(
-        413,
-        f"the file is larger than the organization's limit of {limit:,} bytes "
-        "(an administrator can raise it: PATCH /api/v1/organization max_upload_size)",
-    )
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise too_large
     spooled = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY)  # noqa: SIM115 (returned open)
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            spooled.close()
-            raise too_large
-        spooled.write(chunk)
+    try:
+        async for chunk in calls.within(request, limit):
+            spooled.write(chunk)
+    except calls.TooLarge:
+        spooled.close()
+        raise problems.Problem(
+            413,
+            f"the file is larger than the organization's limit of {limit:,} bytes "
+            "(an administrator can raise it: PATCH /api/v1/organization max_upload_size)",
+        ) from None
     return cast(BinaryIO, spooled)
 
 

@@ -4,7 +4,7 @@ JSON body read within a size limit into a strict model, and refusals as problem 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -101,18 +101,30 @@ def caller(request: Request) -> Caller:
     return found
 
 
-async def limited_body(request: Request, limit: int) -> bytes | None:
-    """The request's body, or None as soon as it is declared or read past ``limit`` bytes."""
+class TooLarge(Exception):
+    """A request body declared or read past its limit."""
+
+
+async def within(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body's chunks, raising ``TooLarge`` as soon as it is declared or read past
+    ``limit`` bytes: nothing past the limit is read."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks, size = [], 0
+        raise TooLarge
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise TooLarge
+        yield chunk
+
+
+async def limited_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is declared or read past ``limit`` bytes."""
+    try:
+        return b"".join([chunk async for chunk in within(request, limit)])
+    except TooLarge:
+        return None
 
 
 async def body(request: Request, model: type[M]) -> M:
