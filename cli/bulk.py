@@ -107,7 +107,7 @@ def send(
         )
     operation = submitted.operation
     if as_json:
-        output.emit_json({**operations.as_dict(operation), "created": submitted.created})
+        output.emit_json({**operations.as_dict(operation), "stored": submitted.created})
     else:
         click.echo(operation.id)
     if not submitted.created:

@@ -212,7 +212,8 @@ def test_a_send_while_the_broker_is_down_is_stored_once_and_started_later(seeded
     back = seeded(*keyed, "--json")
     assert back.code == 0, back.err
     shown = json.loads(back.out)
-    assert (shown["id"], shown["created"]) == (int(operation_id), False)
+    assert (shown["id"], shown["stored"]) == (int(operation_id), False)
+    assert type(shown["created"]) is int  # the counter, not the flag
     (stored,) = operations(seeded)
     assert (stored["status"], stored["created"], stored["pending"]) == ("sending", 2, 2)
     emails = json.loads(seeded.ok("email", "list", "--json"))

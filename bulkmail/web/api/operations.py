@@ -44,7 +44,7 @@ async def create(request: Request) -> Response:
         ),
     )
     operation = submitted.operation
-    data = {**bulk.as_dict(operation), "created": submitted.created}
+    data = {**bulk.as_dict(operation), "stored": submitted.created}
     if submitted.created or operation.current_status is OperationStatus.QUEUED:
         enqueue = request.app.state.enqueue_expansion
         try:

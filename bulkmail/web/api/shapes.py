@@ -20,7 +20,7 @@ class Operation(pydantic.BaseModel):
     reply_to: str | None
     idempotency_key: str | None
     matched: int
-    created: int | bool  # SendBulkMail's answer: whether this call stored it
+    created: int
     skipped_opted_out: int
     skipped_no_address: int
     render_failures: int
@@ -36,6 +36,7 @@ class Operation(pydantic.BaseModel):
     completed_at: Time | None
     progressed_at: Time | None
     last_error: str | None
+    stored: bool | None = None  # SendBulkMail's answer: whether this call stored it
 
 
 class Email(pydantic.BaseModel):
