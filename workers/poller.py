@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -129,6 +130,10 @@ class Poller:
         self._in_flight: dict[uuid.UUID, float] = {}  # claim token -> when it was claimed
         self._renewed: dict[uuid.UUID, float] = {}  # claim token -> last renewal (beat only)
         self._recorder = delivery.Recorder(self.engine, self.options)
+        # Cancelling a chore's task does not stop its thread: a periodic beat still running
+        # after the final one would write older totals over it and clear stopped_at.
+        self._beats = threading.Lock()
+        self._beaten_last = False
 
     def stop(self) -> None:
         """SIGTERM/SIGINT: no new claims; finish what SMTP has, release the rest."""
@@ -236,6 +241,11 @@ class Poller:
             await asyncio.sleep(seconds)
 
     def _beat(self) -> None:
+        with self._beats:
+            if not self._beaten_last:
+                self._beat_and_renew()
+
+    def _beat_and_renew(self) -> None:
         now = time.monotonic()
         claimed = dict(self._in_flight)  # one atomic copy: the event loop changes the original
         renewed = {token: self._renewed.get(token, at) for token, at in claimed.items()}
@@ -267,9 +277,11 @@ class Poller:
 
     async def _final_beat(self) -> None:
         def final() -> None:
-            with db.transaction(self.engine) as session:
-                self._beat_totals(session)
-                heartbeats.stopped(session, self.identity.id)
+            with self._beats:
+                self._beaten_last = True
+                with db.transaction(self.engine) as session:
+                    self._beat_totals(session)
+                    heartbeats.stopped(session, self.identity.id)
 
         with contextlib.suppress(exc.SQLAlchemyError):
             await asyncio.to_thread(final)
