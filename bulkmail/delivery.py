@@ -42,6 +42,7 @@ from bulkmail import (
     ratelimit,
     signing,
     smtp,
+    tagged,
     unsubscribe,
 )
 from bulkmail.status import FailureKind
@@ -63,6 +64,7 @@ class Options:
     lease: dt.timedelta = dt.timedelta(seconds=defaults.LEASE_SECONDS)
     policy: outbox.RetryPolicy = field(default_factory=outbox.RetryPolicy)
     unsubscribe: unsubscribe.Links | None = None  # None: no List-Unsubscribe fields
+    return_path: tagged.Tagged | None = None  # None: MAIL FROM is the From address
     keyring: signing.Keyring = field(default_factory=signing.Keyring)  # DKIM keys, read once
 
 
@@ -132,6 +134,12 @@ def built(
         )
 
 
+def mail_from(email_id: int, from_address: str, return_path: tagged.Tagged | None) -> str:
+    """The envelope sender: the email's own return path (VERP), so that a bounce names the
+    email whatever it quotes, or else its From address."""
+    return from_address if return_path is None else return_path.address(email_id)
+
+
 def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Prepared:
     with db.transaction(engine) as session:
         claimed = outbox.claim(
@@ -153,7 +161,7 @@ def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Pre
         items.append(
             smtp.Item(
                 key=email.id,
-                sender=email.from_address,
+                sender=mail_from(email.id, email.from_address, options.return_path),
                 recipients=recipients,
                 message=data,
                 crlf=True,

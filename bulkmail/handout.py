@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from bulkmail import compose, db, delivery, mime, outbox, signing, smtp, unsubscribe
+from bulkmail import compose, db, delivery, mime, outbox, signing, smtp, tagged, unsubscribe
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -60,6 +60,7 @@ def claim(
     cache: mime.PartCache = mime.DEFAULT_CACHE,
     links: unsubscribe.Links | None = None,
     keyring: signing.Keyring | None = None,
+    return_path: tagged.Tagged | None = None,
 ) -> list[Handout]:
     """Claim up to ``limit`` due emails for ``worker`` and build them, in one transaction
     (after reaping expired leases, when ``reap``).
@@ -91,7 +92,7 @@ def claim(
                     id=email.id,
                     claim_token=entry.claim_token,
                     message_id=email.message_id,
-                    mail_from=email.from_address,
+                    mail_from=delivery.mail_from(email.id, email.from_address, return_path),
                     rcpt_to=(*email.to_addresses, *email.cc_addresses, *email.bcc_addresses),
                     smtputf8=mime.needs_smtputf8(message),
                     data=data,

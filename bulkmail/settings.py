@@ -10,7 +10,7 @@ import re
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bulkmail import defaults, errors, redaction
+from bulkmail import defaults, errors, headers, redaction
 
 PREFIX = "BULKMAIL_"
 
@@ -134,6 +134,31 @@ class Settings(BaseSettings):
                 "give the web app's address as recipients reach it, like https://mail.example.org"
             )
         return value or None
+
+    unsubscribe_domain: str | None = Field(
+        default=None,
+        description="Domain of the mailto unsubscribe addresses, unsubscribe+TOKEN@domain, whose "
+        "mail an incoming mailbox receives; set: every bulk email's List-Unsubscribe names one "
+        "(needs BULKMAIL_SECRET_KEY)",
+    )
+    bounce_domain: str | None = Field(
+        default=None,
+        description="Domain of the return paths, bounces+TOKEN@domain, whose mail an incoming "
+        "mailbox receives; set: every email goes out with MAIL FROM naming it (needs "
+        "BULKMAIL_SECRET_KEY)",
+    )
+
+    @field_validator("unsubscribe_domain", "bounce_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            address = headers.normalize_address(f"postmaster@{value.strip()}", field="domain")
+        except errors.InvalidInput:
+            raise ValueError("give a domain name, like bounces.example.org") from None
+        # Tagged addresses are compared in lower case, the domain as its A-label.
+        return address.partition("@")[2].lower()
 
     inbound_poll_interval: float = Field(
         default=defaults.INBOUND_POLL_INTERVAL_SECONDS,

@@ -1,8 +1,9 @@
-"""One-click unsubscribe (RFC 8058, RFC 2369): the link in each bulk email, and what using it does.
+"""Unsubscribe (RFC 8058, RFC 2369): the links in each bulk email, and what using one does.
 
 A link's token is the email id and an HMAC-SHA256 of it, keyed with a key derived from
 ``BULKMAIL_SECRET_KEY``: nobody can make the token of another email, and a new secret key voids
-every link sent before it.
+every link sent before it. Beside the one-click URL, a mailto link names an address that is
+just as signed (``tagged``), for mail arriving at an incoming mailbox.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import db, errors, models, settings, tally
+from bulkmail import db, errors, models, settings, tagged, tally
 from bulkmail.status import State, Status
 
 # The secret key also encrypts incoming passwords; the label keeps this key apart from that use.
@@ -32,31 +33,52 @@ C = models.Contact
 class Links:
     """Makes and checks the unsubscribe links of one installation."""
 
-    base_url: str  # the web app's public URL, without a trailing slash
+    base_url: str | None  # the web app's public URL, without a trailing slash; None: no URL
     key: bytes
+    mailto: tagged.Tagged | None = None  # the unsubscribe+TOKEN@domain addresses, if any
 
     @classmethod
     def from_settings(cls, config: settings.Settings) -> Links | None:
-        """The links, or None when ``BULKMAIL_PUBLIC_URL`` is unset (emails then carry none)."""
-        if not config.public_url:
+        """The links, or None when neither ``BULKMAIL_PUBLIC_URL`` nor
+        ``BULKMAIL_UNSUBSCRIBE_DOMAIN`` is set (emails then carry none)."""
+        if not config.public_url and not config.unsubscribe_domain:
             return None
         if not config.secret_key:
+            named = "BULKMAIL_PUBLIC_URL" if config.public_url else "BULKMAIL_UNSUBSCRIBE_DOMAIN"
             raise errors.InvalidInput(
-                "BULKMAIL_PUBLIC_URL is set but BULKMAIL_SECRET_KEY is not: unsubscribe links "
+                f"{named} is set but BULKMAIL_SECRET_KEY is not: unsubscribe links "
                 "are signed with it; set both, or neither"
             )
         key = hmac.new(config.secret_key.encode(), _LABEL, hashlib.sha256).digest()
-        return cls(base_url=config.public_url.rstrip("/"), key=key)
+        mailto = tagged.Tagged.from_settings(
+            config,
+            prefix="unsubscribe",
+            domain=config.unsubscribe_domain,
+            setting="UNSUBSCRIBE_DOMAIN",
+        )
+        base_url = config.public_url.rstrip("/") if config.public_url else None
+        return cls(base_url=base_url, key=key, mailto=mailto)
 
     def token(self, email_id: int) -> str:
         return f"{email_id}-{self._mac(email_id)}"
 
     def url(self, email_id: int) -> str:
+        """The link for a visible footer: the one-click page, else the mailto link."""
+        if self.base_url is None:
+            assert self.mailto is not None  # from_settings makes no Links with neither
+            return f"mailto:{self.mailto.address(email_id)}"
         return f"{self.base_url}/u/{self.token(email_id)}"
 
     def headers(self, email_id: int) -> tuple[tuple[str, str], ...]:
-        """The two header fields every bulk email carries."""
-        return (("List-Unsubscribe", f"<{self.url(email_id)}>"), ONE_CLICK)
+        """The fields every bulk email carries: List-Unsubscribe with the URL and the mailto
+        link that are set, and List-Unsubscribe-Post where there is a URL to POST to."""
+        links = []
+        if self.base_url is not None:
+            links.append(f"<{self.base_url}/u/{self.token(email_id)}>")
+        if self.mailto is not None:
+            links.append(f"<mailto:{self.mailto.address(email_id)}>")
+        fields = (("List-Unsubscribe", ", ".join(links)),)
+        return (*fields, ONE_CLICK) if self.base_url is not None else fields
 
     def email_id(self, token: str) -> int | None:
         """The email a token was made for, or None for a token this key did not make."""
@@ -82,8 +104,9 @@ class Unsubscribed:
     canceled: int  # the contact's Pending Send bulk emails canceled now
 
 
-def apply(session: orm.Session, email_id: int) -> Unsubscribed:
-    """Stop bulk email to the contact the email went to, and cancel what still waits for them.
+def apply(session: orm.Session, email_id: int, *, by: str = "one-click") -> Unsubscribed:
+    """Stop bulk email to the contact the email went to, and cancel what still waits for them;
+    ``by`` says how (one-click, mail) in the recorded reason.
 
     Repeating it changes nothing: the first use is the one recorded.
     """
@@ -92,7 +115,7 @@ def apply(session: orm.Session, email_id: int) -> Unsubscribed:
         raise errors.NotFound("this unsubscribe link names no recipient any more")
     contact_id, operation_id = email.regarding_contact_id, email.bulk_operation_id
     now = models.utcnow()
-    reason = f"unsubscribed by one-click from email {email_id}" + (
+    reason = f"unsubscribed by {by} from email {email_id}" + (
         f" of bulk operation {operation_id}" if operation_id is not None else ""
     )
     first = session.execute(

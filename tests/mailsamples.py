@@ -49,15 +49,27 @@ def with_attachment(sender: str, to: str, name: str, data: bytes) -> bytes:
 def postfix_dsn(
     to: str,
     recipient: str,
-    original_message_id: str,
+    original_message_id: str | None,
     *,
     status: str = "5.1.1",
     action: str = "failed",
     diagnostic: str = "smtp; 550 5.1.1 <{recipient}>: Recipient address rejected: User unknown",
 ) -> bytes:
-    """A bounce as Postfix's bounce daemon writes it (RFC 3464, the returned headers)."""
+    """A bounce as Postfix's bounce daemon writes it (RFC 3464, the returned headers); without
+    ``original_message_id``, as a server writes it that returns nothing of the message."""
     queue_id = uuid.uuid4().hex[:10].upper()
     text = diagnostic.format(recipient=recipient)
+    returned = (
+        ""
+        if original_message_id is None
+        else f"--{queue_id}.1765022400/mx.example.net\r\n"
+        "Content-Description: Undelivered Message Headers\r\n"
+        "Content-Type: text/rfc822-headers\r\n\r\n"
+        f"From: News <{to}>\r\n"
+        f"To: {recipient}\r\n"
+        "Subject: News\r\n"
+        f"Message-ID: <{original_message_id}>\r\n\r\n"
+    )
     return (
         "From: MAILER-DAEMON@mx.example.net (Mail Delivery System)\r\n"
         "Subject: Undelivered Mail Returned to Sender\r\n"
@@ -91,13 +103,7 @@ def postfix_dsn(
         f"Status: {status}\r\n"
         "Remote-MTA: dns; mx.example.com\r\n"
         f"Diagnostic-Code: {text}\r\n\r\n"
-        f"--{queue_id}.1765022400/mx.example.net\r\n"
-        "Content-Description: Undelivered Message Headers\r\n"
-        "Content-Type: text/rfc822-headers\r\n\r\n"
-        f"From: News <{to}>\r\n"
-        f"To: {recipient}\r\n"
-        "Subject: News\r\n"
-        f"Message-ID: <{original_message_id}>\r\n\r\n"
+        f"{returned}"
         f"--{queue_id}.1765022400/mx.example.net--\r\n"
     ).encode()
 

@@ -24,7 +24,7 @@ from types import FrameType
 
 from sqlalchemy import exc
 
-from bulkmail import db, defaults, heartbeats, models, settings
+from bulkmail import db, defaults, heartbeats, models, settings, tagged, unsubscribe
 from bulkmail.inbound import bounces, sync
 
 logger = logging.getLogger(__name__)
@@ -60,8 +60,15 @@ class Config:
                     count=config.soft_bounce_limit,
                     window=dt.timedelta(days=config.soft_bounce_window_days),
                 ),
+                return_paths=tagged.return_paths(config),
+                unsubscribes=_unsubscribes(config),
             ),
         )
+
+
+def _unsubscribes(config: settings.Settings) -> tagged.Tagged | None:
+    links = unsubscribe.Links.from_settings(config)
+    return None if links is None else links.mailto
 
 
 def run(config: Config) -> None:

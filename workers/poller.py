@@ -46,6 +46,7 @@ from bulkmail import (
     ratelimit,
     settings,
     smtp,
+    tagged,
     unsubscribe,
     wakeup,
 )
@@ -72,6 +73,7 @@ class Config:
     rate_limit: float = 0.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     unsubscribe: unsubscribe.Links | None = None
+    return_path: tagged.Tagged | None = None
 
     def __post_init__(self) -> None:
         # A bad SMTP URL is one clear error before the poller starts, not a line after its logs.
@@ -93,6 +95,7 @@ class Config:
             rate_limit=config.smtp_rate_limit,
             redis_url=config.redis_url,
             unsubscribe=unsubscribe.Links.from_settings(config),
+            return_path=tagged.return_paths(config),
         )
         given = {name: value for name, value in overrides.items() if value is not None}
         return replace(base, **given)  # type: ignore[arg-type]
@@ -124,6 +127,7 @@ class Poller:
             lease=config.lease,
             policy=config.policy,
             unsubscribe=config.unsubscribe,
+            return_path=config.return_path,
         )
         self.stopping = asyncio.Event()
         self._cache = mime.PartCache()

@@ -36,15 +36,25 @@ class Recorded:
 
 
 def record(
-    session: orm.Session, report: Report, *, report_email_id: int, limit: SoftLimit
+    session: orm.Session,
+    report: Report,
+    *,
+    report_email_id: int,
+    limit: SoftLimit,
+    email_id: int | None = None,
 ) -> Recorded | None:
-    """Record ``report`` on the email of ours it names, or None when it names none."""
-    if report.original_message_id is None:
+    """Record ``report`` on the email of ours it is about, or None when it names none: the
+    email of the return path it was sent to (``email_id``, VERP), else the one whose
+    Message-ID it quotes."""
+    if email_id is not None:
+        which = E.id == email_id
+    elif report.original_message_id is not None:
+        which = E.message_id == report.original_message_id
+    else:
         return None
     original = session.execute(
         sa.select(E.id, E.regarding_contact_id, E.bulk_operation_id).where(
-            E.message_id == report.original_message_id,
-            E.direction == int(status.Direction.OUTGOING),
+            which, E.direction == int(status.Direction.OUTGOING)
         )
     ).first()
     if original is None:

@@ -21,7 +21,8 @@ def mailboxes(session: orm.Session) -> list[dict[str, object]]:
 
 
 def incoming_counts(session: orm.Session) -> dict[str, int]:
-    """Emails imported by kind (message, reply, auto-reply, bounce, complaint), all mailboxes."""
+    """Emails imported by kind (message, reply, auto-reply, bounce, complaint, unsubscribe), all
+    mailboxes."""
     totals = dict.fromkeys((kind.label for kind in store.Kind), 0)
     for counts in session.scalars(sa.select(models.IncomingProfile.counts)):
         for label, count in counts.items():

@@ -23,6 +23,7 @@ MAX_ADDRESSES = 500  # per list
 MAX_ATTACHMENTS = 100  # parts stored as attachments; more are noted
 _MESSAGE_ID = re.compile(r"<([^<>\s]{1,990})>")
 _NUL_AND_LINE_BREAKS = str.maketrans({"\x00": None, "\r": " ", "\n": " "})
+_ENVELOPE_RECIPIENTS = ("delivered-to", "x-original-to", "envelope-to")
 _AUTO_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheit)",
     re.IGNORECASE,
@@ -45,6 +46,9 @@ class Parsed:
     from_name: str | None = None
     to: list[str] = field(default_factory=list)
     cc: list[str] = field(default_factory=list)
+    # The envelope recipients the delivering servers wrote down (Delivered-To, X-Original-To,
+    # Envelope-To): a bounce's To may be rewritten, these name the address it was sent to.
+    delivered_to: list[str] = field(default_factory=list)
     subject: str = ""
     text: str | None = None
     html: str | None = None
@@ -57,6 +61,11 @@ class Parsed:
     auto_reply: bool = False
     report: reports.Report | None = None
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def addressed(self) -> list[str]:
+        """Every address the message was sent to: envelope recipients first, then To and Cc."""
+        return [*self.delivered_to, *self.to, *self.cc]
 
     @property
     def referenced(self) -> list[str]:
@@ -94,6 +103,14 @@ def _headers(message: Message, result: Parsed) -> None:
         result.from_address = from_header[:320]
     result.to = [address for _, address in _addresses(header(message, "to"), result, "to")]
     result.cc = [address for _, address in _addresses(header(message, "cc"), result, "cc")]
+    envelope = [
+        _raw(value)
+        for name in _ENVELOPE_RECIPIENTS
+        for value in (message.get_all(name) or [])[:MAX_ADDRESSES]
+    ]
+    result.delivered_to = [
+        address for _, address in _addresses(", ".join(envelope), result, "delivered-to")
+    ]
     subject = header(message, "subject") or ""
     if len(subject) > MAX_SUBJECT:
         result.problems.append(f"subject cut from {len(subject):,} characters")

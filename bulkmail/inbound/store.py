@@ -17,7 +17,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import attachments, db, mime, models, status
+from bulkmail import attachments, db, errors, mime, models, status, tagged, unsubscribe
 from bulkmail.inbound import bounces, parse
 from bulkmail.inbound.reports import BounceKind
 
@@ -37,6 +37,7 @@ class Kind(enum.IntEnum):
     AUTO_REPLY = 3  # written by a machine (Auto-Submitted, X-Autoreply, out of office)
     BOUNCE = 4  # a delivery status notification (RFC 3464)
     COMPLAINT = 5  # a feedback report (RFC 5965)
+    UNSUBSCRIBE = 6  # sent to the mailto unsubscribe address of an email of ours
 
     @property
     def label(self) -> str:
@@ -65,11 +66,14 @@ class Key:
 
 @dataclass(frozen=True, kw_only=True)
 class Target:
-    """The mailbox being synced, and the limits its organization sets."""
+    """The mailbox being synced, the limits its organization sets, and the tagged addresses
+    whose mail it may receive."""
 
     mailbox: str
     max_attachment: int
     soft_limit: bounces.SoftLimit
+    return_paths: tagged.Tagged | None = None  # bounces+TOKEN@…: a DSN names its email
+    unsubscribes: tagged.Tagged | None = None  # unsubscribe+TOKEN@…: does what one-click does
 
 
 def store(
@@ -229,10 +233,15 @@ def _correlate(
     email_id: int,
     ours: dict[str, Any],
 ) -> tuple[Kind, int | None]:
-    """The kind of the message, and the email of ours it is about (a reply, a bounce)."""
+    """The kind of the message, and the email of ours it is about (a reply, a bounce, an
+    unsubscribe)."""
     if parsed.report is not None:
         recorded = bounces.record(
-            session, parsed.report, report_email_id=email_id, limit=target.soft_limit
+            session,
+            parsed.report,
+            report_email_id=email_id,
+            limit=target.soft_limit,
+            email_id=_tagged(target.return_paths, parsed),
         )
         kind = Kind.COMPLAINT if parsed.report.kind is BounceKind.COMPLAINT else Kind.BOUNCE
         if recorded is None:
@@ -244,6 +253,16 @@ def _correlate(
                 .values(regarding_contact_id=recorded.contact_id)
             )
         return kind, recorded.email_id
+    unsubscribed = _tagged(target.unsubscribes, parsed)
+    if unsubscribed is not None:
+        try:
+            done = unsubscribe.apply(session, unsubscribed, by="mail")
+        except errors.NotFound:  # the email was deleted: nobody to unsubscribe
+            return Kind.MESSAGE, None
+        session.execute(
+            sa.update(E).where(E.id == email_id).values(regarding_contact_id=done.contact_id)
+        )
+        return Kind.UNSUBSCRIBE, unsubscribed
     replied = next((ours[m[:998]] for m in parsed.referenced if m[:998] in ours), None)
     if replied is None:
         return (Kind.AUTO_REPLY if parsed.auto_reply else Kind.MESSAGE), None
@@ -256,6 +275,11 @@ def _correlate(
             .values(replies=models.BulkOperation.replies + 1)
         )
     return Kind.REPLY, replied.id
+
+
+def _tagged(addresses: tagged.Tagged | None, parsed: parse.Parsed) -> int | None:
+    """The email of ours named by the tagged address the message was sent to, if any."""
+    return None if addresses is None else addresses.first_email_id(parsed.addressed)
 
 
 def _attachments(

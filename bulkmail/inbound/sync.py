@@ -19,7 +19,7 @@ import imapclient
 import sqlalchemy as sa
 from sqlalchemy import exc, orm
 
-from bulkmail import db, errors, mailboxes, models, organization
+from bulkmail import db, errors, mailboxes, models, organization, tagged
 from bulkmail.inbound import bounces, profiles, servers, store
 from bulkmail.status import ApprovalStatus
 
@@ -41,6 +41,8 @@ class Options:
     interval: dt.timedelta
     backoff_max: dt.timedelta
     soft_limit: bounces.SoftLimit
+    return_paths: tagged.Tagged | None = None  # BULKMAIL_BOUNCE_DOMAIN's bounces+TOKEN@…
+    unsubscribes: tagged.Tagged | None = None  # BULKMAIL_UNSUBSCRIBE_DOMAIN's unsubscribe+…
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +128,8 @@ def run(
             mailbox=address,
             max_attachment=organization.get(session).max_upload_size,
             soft_limit=options.soft_limit,
+            return_paths=options.return_paths,
+            unsubscribes=options.unsubscribes,
         )
     if blocked is not None:
         _finish(engine, profile_id, worker, options, blocked=blocked)

@@ -134,6 +134,7 @@ async def claim(request: Request) -> Response:
         reap=request.app.state.reaper.due(),
         links=request.app.state.unsubscribe,
         keyring=request.app.state.keyring,
+        return_path=request.app.state.return_path,
     )
     # Built by hand: validating thousands of messages again would cost more than the claim.
     emails = [
