@@ -18,13 +18,25 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bulkmail import db, errors, expansion, headers, mailboxes, models, tally, templates, wakeup
+from bulkmail import (
+    db,
+    errors,
+    expansion,
+    headers,
+    mailboxes,
+    models,
+    tally,
+    templates,
+    unsubscribe,
+    wakeup,
+)
 from bulkmail import query as query_language
 from bulkmail.models import OperationStatus
 from bulkmail.status import FailureKind, State, Status
 
 Op = models.BulkOperation
 E = models.Email
+C = models.Contact
 
 MAX_NAME_LENGTH = 200
 _CANCELABLE = (
@@ -220,11 +232,15 @@ def _cancel_pending(session: orm.Session, operation_id: int, now: dt.datetime) -
     counters.write(session, now=now)
 
 
-def retry_failed(session: orm.Session, operation_id: int) -> int:
+def retry_failed(
+    session: orm.Session, operation_id: int, *, links: unsubscribe.Links | None = None
+) -> int:
     """Send the operation's Failed emails again; returns how many went back to Pending Send.
 
-    Emails whose rendering failed are rendered again with the template as it is now; those that
-    still fail stay Failed with the new reason. Delivery failures start over with no attempts.
+    Emails whose rendering failed are rendered again with the template as it is now (and
+    ``links``, for their ``email.unsubscribe_url``, as the expansion had them); those that still
+    fail stay Failed with the new reason. Delivery failures start over with no attempts. The
+    emails of contacts who opted out of bulk email since (unsubscribed, bounced) stay Failed.
     """
     operation = get(session, operation_id)
     if operation.current_status is OperationStatus.CANCELED:
@@ -239,6 +255,7 @@ def retry_failed(session: orm.Session, operation_id: int) -> int:
             E.bulk_operation_id == operation_id,
             E.statuscode == int(Status.FAILED),
             E.failure_kind.is_distinct_from(int(FailureKind.RENDER)),
+            ~sa.exists().where(C.id == E.regarding_contact_id, C.do_not_bulk_email),
         )
         .values(
             statuscode=int(Status.PENDING_SEND),
@@ -255,7 +272,7 @@ def retry_failed(session: orm.Session, operation_id: int) -> int:
     counters.move(operation_id, Status.FAILED, Status.PENDING_SEND, resent)
     rendered = 0
     if operation.render_failures:
-        rendered = expansion.rerender_failed(session, operation, counters)
+        rendered = expansion.rerender_failed(session, operation, counters, links=links)
     counters.write(session, now=now)
     if resent or rendered:
         wakeup.notify(session)

@@ -101,6 +101,11 @@ _COPY_COLUMNS = {
     "modified_at": "timestamptz",
 }
 _COLUMNS = tuple(_COPY_COLUMNS)
+_CONTACT_AT = _COLUMNS.index("regarding_contact_id")
+_STATUS_AT = _COLUMNS.index("statuscode")
+_OPTED_OUT = sa.text(
+    "SELECT id FROM contacts WHERE id = ANY(CAST(:ids AS bigint[])) AND do_not_bulk_email"
+)
 _TUNE = sa.text("SELECT set_config('synchronous_commit', 'off', true)")
 _RERENDER_BATCH = 1_000
 _OPEN = (OperationStatus.QUEUED.value, OperationStatus.EXPANDING.value)
@@ -457,9 +462,9 @@ def _prepare(
 def _write(connection: sa.Connection, recipe: Recipe, batch: _Batch) -> None:
     """Store a batch's emails and move the checkpoint and counters."""
     _tune(connection)
-    if batch.rows:
-        _copy(connection, batch.rows)
-    counts = batch.counts
+    rows, counts = _without_opted_out(connection, batch)
+    if rows:
+        _copy(connection, rows)
     now = models.utcnow()
     moved = connection.execute(
         sa.update(Op)
@@ -485,6 +490,35 @@ def _write(connection: sa.Connection, recipe: Recipe, batch: _Batch) -> None:
     if counts["created"]:
         # Wakes the pollers once per batch, when it commits.
         connection.execute(sa.text(f"NOTIFY {wakeup.CHANNEL}"))
+
+
+def _without_opted_out(
+    connection: sa.Connection, batch: _Batch
+) -> tuple[list[tuple[object, ...]], collections.Counter[str]]:
+    """The batch's rows and counts without the contacts who opted out since it was read.
+
+    A contact who unsubscribes while the operation expands must not get its email: one read
+    (and rendered) before the unsubscribe committed is dropped here, and one written before
+    it is canceled by it. The unsubscribe's gate makes sure that one of the two happens: this
+    transaction holds it shared from before this check until its commit, and an unsubscribe
+    takes it alone between opting the contact out and canceling their pending emails.
+    """
+    if not batch.rows:
+        return batch.rows, batch.counts
+    unsubscribe.hold_gate(connection)
+    ids = "{" + ",".join(str(row[_CONTACT_AT]) for row in batch.rows) + "}"
+    opted_out = set(connection.scalars(_OPTED_OUT, {"ids": ids}))
+    if not opted_out:
+        return batch.rows, batch.counts
+    counts = batch.counts.copy()
+    rows = []
+    for row in batch.rows:
+        if row[_CONTACT_AT] not in opted_out:
+            rows.append(row)
+            continue
+        counts["skipped_opted_out"] += 1
+        counts["created" if row[_STATUS_AT] == int(Status.PENDING_SEND) else "render_failures"] -= 1
+    return rows, counts
 
 
 def _tune(connection: sa.Connection) -> None:
@@ -624,7 +658,11 @@ def _plain(text: object) -> bool:
 
 
 def rerender_failed(
-    session: orm.Session, operation: models.BulkOperation, counters: tally.Tally
+    session: orm.Session,
+    operation: models.BulkOperation,
+    counters: tally.Tally,
+    *,
+    links: unsubscribe.Links | None = None,
 ) -> int:
     """Render the operation's emails whose rendering failed again, with the template as it is now.
 
@@ -632,7 +670,7 @@ def rerender_failed(
     are added to ``counters``); the others stay Failed with the new reason. Returns how many
     went back.
     """
-    recipe = _make_recipe(session, operation, message_id_domain=None)
+    recipe = _make_recipe(session, operation, message_id_domain=None, links=links)
     # An operation expanded before its attachments were its own (migration 0008), or whose
     # template had none then: its re-rendered emails get the template's as they are now.
     link_each = not attachments.operation_has_attachments(session, operation.id)
@@ -648,6 +686,7 @@ def rerender_failed(
                 E.statuscode == int(Status.FAILED),
                 E.failure_kind == _RENDER,
                 E.id > after,
+                C.do_not_bulk_email.is_(False),
             )
             .order_by(E.id)
             .limit(_RERENDER_BATCH)

@@ -9,7 +9,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bulkmail import bulk as operations
-from bulkmail import contacts, errors, heartbeats, models, submission
+from bulkmail import contacts, errors, heartbeats, models, submission, unsubscribe
 from bulkmail.models import OperationStatus
 from cli import output
 from cli.app import EXIT_INCOMPLETE, App, cancel_wait_option, json_option, pass_app
@@ -306,8 +306,10 @@ def cancel(app: App, operation_id: int, wait: float) -> None:
 @pass_app
 def retry_failed(app: App, operation_id: int) -> None:
     """Send the operation's Failed emails again (re-rendered if rendering failed)."""
+    # The re-rendered emails get their unsubscribe link as the expansion gave the others theirs.
+    links = unsubscribe.Links.from_settings(app.settings)
     with app.session() as session:
-        count = operations.retry_failed(session, operation_id)
+        count = operations.retry_failed(session, operation_id, links=links)
     click.echo(f"{count} emails of bulk operation {operation_id} are Pending Send again")
 
 

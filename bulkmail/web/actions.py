@@ -13,9 +13,9 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy import orm
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -30,7 +30,8 @@ logger = logging.getLogger("bulkmail.web")
 # How long a cancel waits for the pollers holding emails of the operation to withdraw them.
 CANCEL_WAIT_SECONDS = 5.0
 
-Action = Callable[[sa.Engine, str, dict[str, Any]], str]
+# An action gets the app's state (its engine, its unsubscribe links), the actor and the params.
+Action = Callable[[State, str, dict[str, Any]], str]
 # What an API call to an action may send (approving and rejecting name the mailbox).
 API_FIELDS = {"address"}
 
@@ -44,32 +45,32 @@ def _acting_user(session: orm.Session, actor: str) -> models.SystemUser:
     return found
 
 
-def cancel(engine: sa.Engine, actor: str, params: dict[str, Any]) -> str:
+def cancel(state: State, actor: str, params: dict[str, Any]) -> str:
     operation_id = params["operation_id"]
-    with db.session_scope(engine) as session:
+    with db.session_scope(state.engine) as session:
         _acting_user(session, actor)
         bulk.cancel(session, operation_id)
-    operation = bulk.settle_cancel(engine, operation_id, timeout=CANCEL_WAIT_SECONDS)
+    operation = bulk.settle_cancel(state.engine, operation_id, timeout=CANCEL_WAIT_SECONDS)
     return (
         f"bulk operation {operation_id} canceled: {operation.canceled} emails canceled, "
         f"{operation.sent} accepted by the SMTP server before the cancel"
     )
 
 
-def retry_failed(engine: sa.Engine, actor: str, params: dict[str, Any]) -> str:
+def retry_failed(state: State, actor: str, params: dict[str, Any]) -> str:
     operation_id = params["operation_id"]
-    with db.session_scope(engine) as session:
+    with db.session_scope(state.engine) as session:
         _acting_user(session, actor)
-        resent = bulk.retry_failed(session, operation_id)
+        resent = bulk.retry_failed(session, operation_id, links=state.unsubscribe)
     return f"bulk operation {operation_id}: {resent} failed emails sent again"
 
 
 def _approval(decision: ApprovalStatus) -> Action:
-    def act(engine: sa.Engine, actor: str, params: dict[str, Any]) -> str:
+    def act(state: State, actor: str, params: dict[str, Any]) -> str:
         address = str(params.get("address") or "").strip()
         if not address:
             raise errors.InvalidInput("name the mailbox: the form field address is empty")
-        with db.session_scope(engine) as session:
+        with db.session_scope(state.engine) as session:
             mailbox = mailboxes.set_approval(session, address, decision, actor=actor)
             return f"{mailbox.email} is {decision.label}"
 
@@ -138,7 +139,7 @@ async def _carry_out(
     request: Request, action: Action, actor: str, params: dict[str, Any], back: str
 ) -> Response:
     try:
-        done = await run_in_threadpool(action, request.app.state.engine, actor, params)
+        done = await run_in_threadpool(action, request.app.state, actor, params)
     except errors.BulkmailError as error:
         logger.info("refused for %s: %s", actor, error)
         return views.refused(request, str(error), views.status_of(error))

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bulkmail import db, errors, expansion, models, settings, templates, unsubscribe
+from bulkmail import db, errors, expansion, models, settings, templates, tokens, unsubscribe
 from bulkmail.status import Status
 from tests import bulkops, mailserver, pollers, webserver
 from tests.acceptance.conftest import Cli
@@ -182,3 +182,38 @@ def test_links_need_the_secret_key_and_an_http_url() -> None:
         unsubscribe.Links.from_settings(settings.Settings(public_url=PUBLIC_URL))
     assert unsubscribe.Links.from_settings(settings.Settings(secret_key=SECRET)) is None
     assert re.fullmatch(r"[1-9][0-9]*-[A-Za-z0-9_-]{22}", _links().token(2**63 - 1))
+
+
+def test_emails_rerendered_by_retry_failed_get_their_link_from_the_cli_and_the_api(
+    engine: sa.Engine,
+    pg_url: str,
+    tmp_path: Path,
+    start_web: Callable[..., webserver.Web],
+) -> None:
+    # Every recipient with seats = -1 breaks the template (a division by zero).
+    breaking = FOOTER + "{{ 1000 // ((contact.attributes.seats | default(0) | int) + 1) }}"
+    bulkops.seed(engine)
+    with db.session_scope(engine) as session:
+        templates.create(session, name="footer", subject="News", html=breaking)
+        _, api_token = tokens.create(session, user=bulkops.SENDER, name="ops")
+    bulkops.add_contacts(engine, 1)
+    bulkops.add_contacts(engine, 1, attributes={"seats": -1})
+    first, second = (bulkops.submit(engine, template_name="footer") for _ in range(2))
+    for operation_id in (first, second):
+        expansion.expand(engine, operation_id, batch_size=10, links=_links())
+        assert bulkops.operation(engine, operation_id).render_failures == 1
+    with db.session_scope(engine) as session:
+        templates.update(session, "footer", html=FOOTER)
+    env = {"BULKMAIL_PUBLIC_URL": PUBLIC_URL, "BULKMAIL_SECRET_KEY": SECRET}
+
+    out = Cli(database_url=pg_url, cwd=tmp_path, env=env).ok("bulk", "retry-failed", str(first))
+    assert out.startswith("1 emails")
+    web = start_web(**env)
+    status, _, body = web.request(
+        f"/api/v1/operations/{second}/retry-failed", token=api_token, form={}
+    )
+    assert status == 200, body
+    for operation_id in (first, second):
+        for email in bulkops.emails_of(engine, operation_id):
+            assert email.current_status is Status.PENDING_SEND
+            assert f'href="{_links().url(email.id)}"' in (email.body_html or "")
