@@ -329,6 +329,14 @@ def bounce_rate(operation: models.BulkOperation) -> float | None:
     return round(operation.bounces / operation.sent, 4)
 
 
+def complaint_rate(operation: models.BulkOperation) -> float | None:
+    """Complaints (feedback reports) per email sent (0.003 is Gmail's 0.3 % limit), None before
+    any was sent."""
+    if not operation.sent:
+        return None
+    return round(operation.complaints / operation.sent, 5)
+
+
 def as_dict(operation: models.BulkOperation) -> dict[str, object]:
     """The operation as scripts see it in ``--json``."""
 
@@ -355,6 +363,7 @@ def as_dict(operation: models.BulkOperation) -> dict[str, object]:
         "bounces": operation.bounces,
         "complaints": operation.complaints,
         "bounce_rate": bounce_rate(operation),
+        "complaint_rate": complaint_rate(operation),
         "checkpoint": operation.checkpoint,
         "created_at": models.isoformat(operation.created_at),
         "started_at": models.isoformat(operation.started_at),

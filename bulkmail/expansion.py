@@ -501,11 +501,11 @@ def _without_opted_out(
     (and rendered) before the unsubscribe committed is dropped here, and one written before
     it is canceled by it. The unsubscribe's gate makes sure that one of the two happens: this
     transaction holds it shared from before this check until its commit, and an unsubscribe
-    takes it alone between opting the contact out and canceling their pending emails.
+    holds it alone while it opts the contact out and cancels their pending emails.
     """
     if not batch.rows:
         return batch.rows, batch.counts
-    unsubscribe.hold_gate(connection)
+    unsubscribe.gate_shared(connection)
     ids = "{" + ",".join(str(row[_CONTACT_AT]) for row in batch.rows) + "}"
     opted_out = set(connection.scalars(_OPTED_OUT, {"ids": ids}))
     if not opted_out:

@@ -26,7 +26,7 @@ _MAC_BYTES = 16  # 128 bits: no forging by trial
 _TOKEN = re.compile(r"([1-9][0-9]{0,18})-([A-Za-z0-9_-]{22})")
 ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
 # The gate between unsubscribes and expansions (advisory lock keys "unsb", 0): an expansion
-# writes each batch holding it shared, an unsubscribe takes it alone; see hold_gate.
+# writes each batch holding it shared, an unsubscribe takes it alone; see gate_shared.
 _GATE = {"space": 0x756E7362, "key": 0}
 _GATE_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(:space, :key)")
 _GATE_ALONE = sa.text("SELECT pg_advisory_xact_lock(:space, :key)")
@@ -100,15 +100,23 @@ class Links:
         return base64.urlsafe_b64encode(digest[:_MAC_BYTES]).decode().rstrip("=")
 
 
-def hold_gate(connection: sa.Connection) -> None:
+def gate_shared(connection: sa.Connection) -> None:
     """Hold the gate shared until the transaction ends: for an expansion writing a batch, which
     then reads which of its contacts opted out.
 
-    An unsubscribe opts the contact out, takes the gate alone, then cancels their pending
-    emails. So a batch either holds the gate first, and the cancel (which waits for it) sees
-    its emails, or reads the opt-out after the unsubscribe committed, and leaves the contact out.
+    An unsubscribe holds the gate alone while it opts the contact out and cancels their pending
+    emails (``gate_alone``). So a batch either holds the gate first, and the unsubscribe (which
+    waits for it) cancels its emails, or reads the opt-out after the unsubscribe committed, and
+    leaves the contact out.
     """
     connection.execute(_GATE_SHARED, _GATE)
+
+
+def gate_alone(session: orm.Session) -> None:
+    """Hold the gate alone until the transaction ends (again is a no-op), waiting for the
+    batches being written. Take it before anything else a batch's writer may wait for (the
+    bulk operations' rows), or the two would wait for each other."""
+    session.execute(_GATE_ALONE, _GATE)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -126,6 +134,7 @@ def apply(session: orm.Session, email_id: int, *, by: str = "one-click") -> Unsu
 
     Repeating it changes nothing: the first use is the one recorded.
     """
+    gate_alone(session)
     email = session.get(E, email_id)
     if email is None or email.regarding_contact_id is None:
         raise errors.NotFound("this unsubscribe link names no recipient any more")
@@ -148,9 +157,6 @@ def apply(session: orm.Session, email_id: int, *, by: str = "one-click") -> Unsu
         )
         .execution_options(synchronize_session=False)
     )
-    # Wait for the expansions writing a batch now: their emails are canceled below; later
-    # batches see the opt-out (hold_gate).
-    session.execute(_GATE_ALONE, _GATE)
     # Emails a poller holds (Sending) are skipped: they may be with the SMTP server already.
     pending = (
         sa.select(E.id)

@@ -96,6 +96,9 @@ def store(
         fresh = [(key, parsed) for key, parsed in fresh if key not in moved]
     if fresh:
         parsed_all = [parsed for _, parsed in fresh]
+        if any(_tagged(target.unsubscribes, parsed) is not None for parsed in parsed_all):
+            # Before a bounce of the batch locks a bulk operation's row (unsubscribe.gate_alone).
+            unsubscribe.gate_alone(session)
         contacts = _contacts(session, [p.from_address for p in parsed_all])
         email_ids = _insert_emails(session, parsed_all, contacts)
         ours = _our_emails(session, [m for p in parsed_all for m in p.referenced])

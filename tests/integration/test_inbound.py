@@ -207,6 +207,7 @@ def test_imap_sync_links_replies_and_acts_on_bounces(
     assert listed[QUEUE]["last_success_at"] == state["last_success_at"]
     assert (shown["replies"], shown["bounces"], shown["complaints"]) == (1, 2, 1)
     assert shown["bounce_rate"] == 0.5
+    assert shown["complaint_rate"] == 0.25
     scraped = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in metrics.Database(engine).collect()
