@@ -2,7 +2,9 @@
 
 The message's key in its mailbox, (UIDVALIDITY, UID) for IMAP or the UIDL for POP3, is unique
 in ``incoming_emails``: storing it again is a no-op, whoever tries. Replies are linked to the
-email of ours they answer; bounces and complaints go to ``bounces``.
+email of ours they answer; bounces and complaints go to ``bounces`` (by the return path they were
+sent to, or the Message-ID they quote); mail to an email's mailto unsubscribe address unsubscribes
+its contact.
 """
 
 from __future__ import annotations
