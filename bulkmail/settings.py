@@ -204,6 +204,13 @@ class Settings(BaseSettings):
         description="Address of the system user the dashboard's actions are carried out as; "
         "unset: no actions",
     )
+    web_db_connections: int = Field(
+        default=10,
+        ge=1,
+        le=1_000,
+        description="PostgreSQL connections one `bulkmail web` process holds at most; requests "
+        "beyond them wait for one",
+    )
     web_read_only: bool = Field(
         default=False, description="The dashboard shows no action and refuses every one"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from bulkmail import db
 from cli.app import App, pass_app
 
 
@@ -24,7 +25,14 @@ def web(app: App, host: str, port: int) -> None:
     security.check_bind(host, security.Access.from_settings(app.settings))
     from workers import tasks
 
-    asgi = web_app.create_app(app.settings, engine=app.engine, extra_routes=api.routes)
+    # Requests run in threads, each using one connection at a time; past the budget a request
+    # waits for a connection (up to 30 s) rather than opening one more.
+    engine = db.make_engine(
+        db.database_url(app.settings),
+        pool_size=app.settings.web_db_connections,
+        max_overflow=0,
+    )
+    asgi = web_app.create_app(app.settings, engine=engine, extra_routes=api.routes)
     asgi.state.enqueue_expansion = tasks.enqueue_expansion
     # Room for a long query string in the request line: the app refuses it with a problem
     # document (414) rather than h11 with a bare 400.

@@ -80,7 +80,8 @@ def run(config: Config) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
-    engine = db.make_engine(config.database_url, pool_size=config.concurrency + 2)
+    # One connection per sync thread and one for this loop's claims and heartbeats, at most.
+    engine = db.make_engine(config.database_url, pool_size=config.concurrency + 1, max_overflow=0)
     who = heartbeats.Identity(
         id=f"inbound-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         kind="inbound",

@@ -30,10 +30,12 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent import futures
 from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
-from sqlalchemy import exc, orm
+import sqlalchemy as sa
+from sqlalchemy import event, exc, orm
 
 from bulkmail import (
     db,
@@ -111,9 +113,14 @@ class Poller:
             pid=os.getpid(),
             started_at=models.utcnow(),
         )
+        # The connection budget: each round claims or checks for cancels, the recorder writes
+        # outcomes, and the chores (beat, reaper) run, each in a thread of ``_database_threads``
+        # holding one pooled connection at a time; LISTEN has one more, outside the pool.
+        self.connections = config.rounds + 2
         self.engine = db.make_engine(
-            config.database_url, pool_size=config.rounds + 2, **_session_limits(config)
+            config.database_url, pool_size=self.connections, max_overflow=0
         )
+        _end_stalled_transactions(self.engine, config.lease)
         self.total = delivery.Round()
         batch = config.batch
         if config.rate_limit:
@@ -148,6 +155,11 @@ class Poller:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        # Every database call runs in a thread of the default executor: no more threads than
+        # pooled connections, so none ever waits for (or times out on) the pool.
+        loop.set_default_executor(
+            futures.ThreadPoolExecutor(self.connections, thread_name_prefix="database")
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         smtp_settings = smtp.parse_url(self.config.smtp_url)
@@ -330,16 +342,25 @@ async def _first(*waits: Coroutine[object, object, object]) -> None:
             task.cancel()
 
 
-def _session_limits(config: Config) -> dict[str, object]:
+def _end_stalled_transactions(engine: sa.Engine, lease: dt.timedelta) -> None:
     """PostgreSQL ends a poller's session that sits in an open transaction for a whole lease.
 
     The poller's transactions last milliseconds; one left open is a stalled process (stopped,
     swapped out), and its row locks would keep the emails it was claiming from every other
     poller, and its claims from the reaper, until it woke. Ended, it rolls back: what it had
     claimed and not committed stays Pending Send, and the poller reconnects when it wakes.
+
+    Set in each transaction (SET LOCAL), not for the session: PgBouncer refuses the ``options``
+    startup parameter, and in transaction mode a session's settings stay with whichever
+    server connection ran them.
     """
-    limit = int(config.lease.total_seconds() * 1000)
-    return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={limit}"}}
+    limit = int(lease.total_seconds() * 1000)
+    statement = f"SET LOCAL idle_in_transaction_session_timeout = {limit}"
+
+    def limited(connection: sa.Connection) -> None:
+        connection.exec_driver_sql(statement)
+
+    event.listen(engine, "begin", limited)
 
 
 def run(config: Config) -> None:

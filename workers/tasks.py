@@ -44,7 +44,9 @@ def _task(name: str, **options: object) -> Callable[[Callable[..., None]], Task]
 @functools.cache
 def _engine(url: str) -> sa.Engine:
     # One engine per process (and per forked Celery child, which calls this after the fork).
-    return db.make_engine(url)
+    # An expansion holds three connections (its lock, the writer, the thread rendering ahead);
+    # the other tasks one. A child runs one task at a time.
+    return db.make_engine(url, pool_size=3, max_overflow=0)
 
 
 @_task("bulkmail.expand", acks_late=True, reject_on_worker_lost=True)

@@ -329,19 +329,30 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_pollers(url: str, port: int, args: argparse.Namespace) -> tuple[float, dict[int, float]]:
+def run_pollers(
+    url: str, port: int, args: argparse.Namespace, claim_times: Path | None = None
+) -> tuple[float, dict[int, float]]:
+    """Run the pollers until they exit; with ``claim_times`` (a folder), each writes the time
+    of each of its claims into a file there (timed_poller.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
     env["BULKMAIL_DATABASE_URL"] = url
     env["BULKMAIL_SMTP_URL"] = f"smtp://127.0.0.1:{port}"
-    command = [str(BULKMAIL), "worker", "poller", "--exit-when-idle", "--log-level", "warning"]
-    command += ["--batch", str(args.batch)] if args.batch else []
-    command += ["--concurrency", str(args.concurrency)] if args.concurrency else []
-    command += ["--completion-batch", str(args.completion_batch)] if args.completion_batch else []
+    options = ["--exit-when-idle", "--log-level", "warning"]
+    options += ["--batch", str(args.batch)] if args.batch else []
+    options += ["--concurrency", str(args.concurrency)] if args.concurrency else []
+    options += ["--completion-batch", str(args.completion_batch)] if args.completion_batch else []
+
+    def command(index: int) -> list[str]:
+        if claim_times is None:
+            return [str(BULKMAIL), "worker", "poller", *options]
+        timed = Path(__file__).with_name("timed_poller.py")
+        return [sys.executable, str(timed), str(claim_times / f"poller-{index}"), *options]
+
     started = time.perf_counter()
     with tempfile.TemporaryFile() as logs:
         processes = [
-            subprocess.Popen(command, env=env, stdout=logs, stderr=subprocess.STDOUT)
-            for _ in range(args.pollers)
+            subprocess.Popen(command(index), env=env, stdout=logs, stderr=subprocess.STDOUT)
+            for index in range(args.pollers)
         ]
         sampler = PeakRss([p.pid for p in processes])
         for process in processes:
@@ -358,6 +369,36 @@ def run_pollers(url: str, port: int, args: argparse.Namespace) -> tuple[float, d
             output = logs.read().decode(errors="replace")
             raise SystemExit(f"a poller failed:\n{output[-5000:]}")
     return seconds, peaks
+
+
+def claim_latency(folder: Path) -> dict[str, float]:
+    """Percentiles of the claims that returned emails (ms), from the pollers' files, and how
+    many claims there were (empty ones too: a poller's last claims find nothing).
+
+    Each poller's first two claims (one per round) are left out: they open its connections,
+    while the other pollers are still starting (a second of imports each), which a running
+    poller does not pay again.
+    """
+    claims = [
+        (float(seconds), int(rows))
+        for path in folder.iterdir()
+        for seconds, rows in (line.split() for line in path.read_text().splitlines()[2:])
+    ]
+    busy = sorted(seconds for seconds, rows in claims if rows)
+    if not busy:
+        raise SystemExit("no poller claimed anything")
+
+    def percentile(share: float) -> float:
+        return round(1000 * busy[min(len(busy) - 1, int(share * len(busy)))], 1)
+
+    return {
+        "claims": len(claims),
+        "claims_empty": len(claims) - len(busy),
+        "claim_rows_mean": round(sum(rows for _, rows in claims) / len(busy)),
+        "claim_p50_ms": percentile(0.50),
+        "claim_p99_ms": percentile(0.99),
+        "claim_max_ms": round(1000 * busy[-1], 1),
+    }
 
 
 def smtp_source(port: int, n: int, size: int, sessions: int) -> float:
@@ -382,12 +423,21 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4, help="smtp-source sessions")
     parser.add_argument("--rows", choices=("bulk", "bare"), default="bulk", help="what to send")
     parser.add_argument("--html-only", action="store_true", help="bulk: no text template")
+    parser.add_argument(
+        "--claim-times",
+        action="store_true",
+        help="time each claim in the pollers (timed_poller.py): p50/p99 of the claim",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     tool("smtp-source")
 
     port = free_port()
-    with smtp_sink(port) as sink, fresh_database() as url:
+    with (
+        smtp_sink(port) as sink,
+        fresh_database() as url,
+        tempfile.TemporaryDirectory(prefix="bench-claims-") as claims_folder,
+    ):
         started = time.perf_counter()
         if args.rows == "bulk":
             insert_bulk(url, args.n, html_only=args.html_only)
@@ -397,7 +447,9 @@ def main() -> None:
         # What else works while the pollers send: its CPU time per email is reported too.
         meter = CpuTime({"PostgreSQL": postmaster(url), "smtp-sink": sink})
         pollers_before = children_cpu()
-        seconds, peaks = run_pollers(url, port, args)
+        claim_times = Path(claims_folder) if args.claim_times else None
+        seconds, peaks = run_pollers(url, port, args, claim_times)
+        claims = claim_latency(claim_times) if claim_times else {}
         cpu = {"pollers": children_cpu() - pollers_before, **meter.stop()}
         sent = count_sent(url)
         if sent != args.n:
@@ -415,6 +467,9 @@ def main() -> None:
         "bulk": f"bulk operations{', HTML only' if args.html_only else ''}",
         "bare": "bare rows, no operation (extra)",
     }[args.rows]
+    note = f"steady; start to exit {wall_rate:,.0f}/s = {wall_rate / reference:.2f}"
+    if claims:
+        note += f"; claim p50 {claims['claim_p50_ms']} ms, p99 {claims['claim_p99_ms']} ms"
     result = {
         "phase": f"send, {pollers}, {rows}",
         "n": args.n,
@@ -425,7 +480,8 @@ def main() -> None:
         "wall_ratio": round(wall_rate / reference, 3),
         "peak_rss_mb": round(max(peaks.values()), 1),
         "cpu_us_per_email": {name: round(1e6 * spent / args.n) for name, spent in cpu.items()},
-        "note": f"steady; start to exit {wall_rate:,.0f}/s = {wall_rate / reference:.2f}",
+        "note": note,
+        **claims,
     }
     if args.json:
         print(json.dumps(result))
@@ -444,6 +500,12 @@ def main() -> None:
     print(f"CPU/email {per_email} ({sum(cpu.values()) / seconds:.2f} cores busy)")
     for pid, peak in peaks.items():
         print(f"peak RSS  poller pid {pid}: {peak:,.1f} MB")
+    if claims:
+        print(
+            f"claims    {claims['claims']:,} ({claims['claims_empty']:,} empty), "
+            f"{claims['claim_rows_mean']:,} emails each: p50 {claims['claim_p50_ms']} ms, "
+            f"p99 {claims['claim_p99_ms']} ms, max {claims['claim_max_ms']} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ BENCHMARKS: list[tuple[str, str, int, list[str]]] = [
     ("bench_send.py", "--n", 100_000, ["--pollers", "1"]),
     # One poller per core: what a two-core machine would run.
     ("bench_send.py", "--n", 100_000, ["--pollers", "2"]),
+    # Scaling: more pollers than cores, each row against smtp-source of its own run.
+    ("bench_send.py", "--n", 100_000, ["--pollers", "4"]),
+    ("bench_send.py", "--n", 100_000, ["--pollers", "8"]),
+    # Sixteen claiming at once: the claim's latency as the pollers see it (p50/p99 in the note).
+    ("bench_send.py", "--n", 100_000, ["--pollers", "16", "--claim-times"]),
     # The figure of earlier releases: text-only rows without an operation.
     ("bench_send.py", "--n", 100_000, ["--pollers", "2", "--rows", "bare"]),
     ("bench_end_to_end.py", "--n", 100_000, []),
