@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql
 
-from bulkmail import status
+from bulkmail import providers, status
 
 BigId = sa.BigInteger()
 Json = postgresql.JSONB()
@@ -222,6 +222,14 @@ class Email(Base):
             sa.column("id"),
             postgresql_where=sa.text(f"statuscode = {PENDING}"),
         ),
+        # The claim of a throttled provider's emails, and of the others' without them (0017).
+        sa.Index(
+            "ix_emails_pending_provider",
+            "provider",
+            sa.column("priority").desc(),
+            sa.column("id"),
+            postgresql_where=sa.text(f"statuscode = {PENDING}"),
+        ),
         # The poller's check before it hands a part of a batch to SMTP: only the few emails
         # whose cancel was asked while a poller held them.
         sa.Index(
@@ -279,6 +287,11 @@ class Email(Base):
     )
     bcc_addresses: orm.Mapped[list[str]] = orm.mapped_column(
         Json, default=list, server_default=sa.text("'[]'")
+    )
+    # The mailbox provider of the first recipient (bulkmail.providers), set when the email is
+    # created or its recipients change: what the per-provider throttling goes by (0017).
+    provider: orm.Mapped[str] = orm.mapped_column(
+        sa.String(32), server_default=providers.DEFAULT
     )
     # A bulk operation's emails leave it empty: theirs is the operation's (migration 0011).
     reply_to: orm.Mapped[str | None] = orm.mapped_column(sa.String(320))

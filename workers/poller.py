@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import redis.asyncio as aioredis
 from sqlalchemy import exc, orm
@@ -43,9 +43,11 @@ from bulkmail import (
     mime,
     models,
     outbox,
+    providers,
     ratelimit,
     settings,
     smtp,
+    throttle,
     unsubscribe,
     wakeup,
 )
@@ -72,6 +74,9 @@ class Config:
     rate_limit: float = 0.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     unsubscribe: unsubscribe.Links | None = None
+    # Per-provider limits and backoff on deferrals (through Redis); None: off.
+    rules: providers.Rules | None = None
+    throttle_policy: throttle.Policy = field(default_factory=throttle.Policy)
 
     def __post_init__(self) -> None:
         # A bad SMTP URL is one clear error before the poller starts, not a line after its logs.
@@ -93,6 +98,8 @@ class Config:
             rate_limit=config.smtp_rate_limit,
             redis_url=config.redis_url,
             unsubscribe=unsubscribe.Links.from_settings(config),
+            rules=providers.from_settings(config) if config.provider_throttling else None,
+            throttle_policy=throttle.Policy.from_settings(config),
         )
         given = {name: value for name, value in overrides.items() if value is not None}
         return replace(base, **given)  # type: ignore[arg-type]
@@ -152,6 +159,7 @@ class Poller:
         try:
             async with (
                 self._limiter() as limiter,
+                self._shaper() as shaper,
                 smtp.Sender(smtp_settings) as sender,
                 wakeup.listener(self.config.database_url) as woken,
                 asyncio.TaskGroup() as group,
@@ -162,7 +170,7 @@ class Poller:
                     group.create_task(self._every(self.config.reap_interval, self._reap)),
                 ]
                 rounds = [
-                    group.create_task(self._send_loop(sender, woken, limiter))
+                    group.create_task(self._send_loop(sender, woken, limiter, shaper))
                     for _ in range(self.config.rounds)
                 ]
                 await asyncio.wait(rounds)
@@ -173,7 +181,11 @@ class Poller:
             self.engine.dispose()
 
     async def _send_loop(
-        self, sender: smtp.Sender, woken: asyncio.Event, limiter: ratelimit.RateLimiter | None
+        self,
+        sender: smtp.Sender,
+        woken: asyncio.Event,
+        limiter: ratelimit.RateLimiter | None,
+        shaper: throttle.Throttle | None,
     ) -> None:
         backoff = _Backoff()
         while not self.stopping.is_set():
@@ -189,6 +201,7 @@ class Poller:
                     limiter,
                     self._in_flight,
                     self._recorder,
+                    shaper,
                 )
             except delivery.DATABASE_DOWN as error:
                 # The database went away: wait and try again rather than crash-looping.
@@ -214,6 +227,10 @@ class Poller:
                 continue
             backoff.reset()
             if done.claimed:
+                continue
+            if done.throttled_wait:
+                # A provider with due emails may have a token again soon: not a poll interval.
+                await self._sleep(min(max(done.throttled_wait, 0.02), self.config.poll_interval))
                 continue
             if self.config.exit_when_idle:
                 # Nothing is due: no more claims, but the other rounds send all they claimed.
@@ -296,6 +313,17 @@ class Poller:
         key = f"bulkmail:ratelimit:{smtp_settings.host}:{smtp_settings.port}"
         try:
             yield ratelimit.RateLimiter(client, rate=self.config.rate_limit, key=key)
+        finally:
+            await client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _shaper(self) -> AsyncIterator[throttle.Throttle | None]:
+        if self.config.rules is None:
+            yield None
+            return
+        client = aioredis.Redis.from_url(self.config.redis_url)
+        try:
+            yield throttle.Throttle(client, self.config.rules, self.config.throttle_policy)
         finally:
             await client.aclose()
 
