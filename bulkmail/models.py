@@ -290,9 +290,7 @@ class Email(Base):
     )
     # The mailbox provider of the first recipient (bulkmail.providers), set when the email is
     # created or its recipients change: what the per-provider throttling goes by (0017).
-    provider: orm.Mapped[str] = orm.mapped_column(
-        sa.String(32), server_default=providers.DEFAULT
-    )
+    provider: orm.Mapped[str] = orm.mapped_column(sa.String(32), server_default=providers.DEFAULT)
     # A bulk operation's emails leave it empty: theirs is the operation's (migration 0011).
     reply_to: orm.Mapped[str | None] = orm.mapped_column(sa.String(320))
     subject: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
