@@ -98,6 +98,14 @@ class Rules:
         return self.limits.get(provider, Limits())
 
     @property
+    def names(self) -> list[str]:
+        """Every provider the rules name, ``default`` included, sorted."""
+        return sorted({DEFAULT, *self.limits, *self.domains.values()})
+
+    def domains_of(self, provider: str) -> list[str]:
+        return sorted(domain for domain, name in self.domains.items() if name == provider)
+
+    @property
     def limited(self) -> dict[str, Limits]:
         """The providers with a rate or a connection limit."""
         return {name: lim for name, lim in self.limits.items() if lim.rate or lim.connections}

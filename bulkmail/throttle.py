@@ -311,12 +311,42 @@ class Shown:
     connections: int  # the limit; 0 is unlimited
 
 
+@dataclass(frozen=True, kw_only=True)
+class Watch:
+    """The dashboard's and /metrics' view of the providers: the rules, and with throttling
+    on, a Redis client to read their state."""
+
+    rules: providers.Rules
+    policy: Policy
+    client: redis.Redis | None  # None: throttling is off
+
+    @classmethod
+    def from_settings(cls, config: settings.Settings) -> Watch:
+        client = None
+        if config.provider_throttling:
+            # A page or a scrape must not hang on an unreachable Redis.
+            client = redis.Redis.from_url(
+                config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+            )
+        return cls(
+            rules=providers.from_settings(config),
+            policy=Policy.from_settings(config),
+            client=client,
+        )
+
+    def snapshot(self) -> list[Shown]:
+        """Raises ``Unavailable`` without Redis; [] when throttling is off."""
+        if self.client is None:
+            return []
+        return snapshot(self.client, self.rules, self.policy)
+
+
 def snapshot(
     client: redis.Redis, rules: providers.Rules, policy: Policy, now: float | None = None
 ) -> list[Shown]:
-    """Every provider the rules know, with its current rate and mode (read from Redis)."""
+    """Every provider the rules name, with its current rate and mode (read from Redis)."""
     now = time.time() if now is None else now
-    names = sorted(rules.limits)
+    names = rules.names
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(_key(name, "state"))
