@@ -201,6 +201,8 @@ class Contact(Base):
 
 PENDING = int(status.Status.PENDING_SEND)
 SENDING = int(status.Status.SENDING)
+# Pending Send, as ix_emails_pending_provider and the lookups it serves say it (0017).
+PENDING_BY_PROVIDER = f"statuscode >= {PENDING} AND statuscode < {PENDING + 1}"
 
 
 class Email(Base):
@@ -222,13 +224,15 @@ class Email(Base):
             sa.column("id"),
             postgresql_where=sa.text(f"statuscode = {PENDING}"),
         ),
-        # The claim of a throttled provider's emails, and of the others' without them (0017).
+        # The claim when providers are capped: each provider's pending emails (0017). Its
+        # predicate says "pending" in other words than ix_emails_pending_claim's, so that the
+        # claim's per-provider lookups, which use these words, can only be planned on it.
         sa.Index(
             "ix_emails_pending_provider",
             "provider",
             sa.column("priority").desc(),
             sa.column("id"),
-            postgresql_where=sa.text(f"statuscode = {PENDING}"),
+            postgresql_where=sa.text(PENDING_BY_PROVIDER),
         ),
         # The poller's check before it hands a part of a batch to SMTP: only the few emails
         # whose cancel was asked while a poller held them.

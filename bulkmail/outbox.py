@@ -241,13 +241,22 @@ def _capped_due(now: sa.BindParameter[dt.datetime], limit: sa.BindParameter[int]
     best ``limit`` of them by priority and age are claimed (locks on the rest end with the
     claim's transaction).
     """
-    pending = E.statuscode == sa.literal_column(str(_PENDING))
-    first = sa.select(E.provider).where(pending).order_by(E.provider).limit(1)
+
+    # Pending in the words of that index's predicate, which ix_emails_pending_claim's
+    # ("statuscode = 6") does not imply: so the planner cannot read that index instead and
+    # filter the provider out, which would scan past a throttled provider's whole backlog.
+    def pending(statuscode: orm.InstrumentedAttribute[int]) -> sa.ColumnElement[bool]:
+        # models.PENDING_BY_PROVIDER, clause for clause.
+        lowest = sa.literal_column(str(_PENDING), sa.SmallInteger)
+        beyond = sa.literal_column(str(_PENDING + 1), sa.SmallInteger)
+        return sa.and_(statuscode >= lowest, statuscode < beyond)
+
+    first = sa.select(E.provider).where(pending(E.statuscode)).order_by(E.provider).limit(1)
     names = sa.select(first.scalar_subquery().label("name")).cte("providers", recursive=True)
     later = orm.aliased(E)
     following = (
         sa.select(later.provider)
-        .where(later.statuscode == sa.literal_column(str(_PENDING)), later.provider > names.c.name)
+        .where(pending(later.statuscode), later.provider > names.c.name)
         .order_by(later.provider)
         .limit(1)
     )
@@ -258,7 +267,7 @@ def _capped_due(now: sa.BindParameter[dt.datetime], limit: sa.BindParameter[int]
     cap = sa.func.coalesce(sa.cast(caps[names.c.name].astext, sa.Integer), limit)
     per_provider = (
         sa.select(E.id, E.priority)
-        .where(E.provider == names.c.name, *_due(now))
+        .where(E.provider == names.c.name, *_due(now, pending=pending(E.statuscode)))
         .order_by(E.priority.desc(), E.id)
         .limit(cap)
         .with_for_update(skip_locked=True)
@@ -267,18 +276,24 @@ def _capped_due(now: sa.BindParameter[dt.datetime], limit: sa.BindParameter[int]
     return (
         sa.select(per_provider.c.id)
         .select_from(names.join(per_provider, sa.true()))
+        # The skip scan ends with a NULL name: looking it up would read the whole index.
+        .where(names.c.name.is_not(None))
         .order_by(per_provider.c.priority.desc(), per_provider.c.id)
         .limit(limit)
         .cte("due")
     )
 
 
-def _due(now: sa.ColumnElement[dt.datetime] | dt.datetime) -> list[sa.ColumnElement[bool]]:
-    """What makes an email claimable at ``now``: Pending Send, its send time and next attempt
-    reached, its bulk operation not canceled."""
+def _due(
+    now: sa.ColumnElement[dt.datetime] | dt.datetime,
+    *,
+    pending: sa.ColumnElement[bool] | None = None,
+) -> list[sa.ColumnElement[bool]]:
+    """What makes an email claimable at ``now``: Pending Send (in the words of ``pending``),
+    its send time and next attempt reached, its bulk operation not canceled."""
     return [
         # A literal, not a parameter, so that the plan uses the partial index on pending rows.
-        E.statuscode == sa.literal_column(str(_PENDING)),
+        E.statuscode == sa.literal_column(str(_PENDING)) if pending is None else pending,
         sa.or_(E.send_after.is_(None), E.send_after <= now),
         sa.or_(E.next_attempt_at.is_(None), E.next_attempt_at <= now),
         ~sa.exists().where(Op.id == E.bulk_operation_id, Op.status == _OP_CANCELED),

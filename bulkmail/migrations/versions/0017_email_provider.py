@@ -60,7 +60,8 @@ def upgrade() -> None:
         "ix_emails_pending_provider",
         "emails",
         ["provider", sa.text("priority DESC"), "id"],
-        postgresql_where=sa.text("statuscode = 6"),
+        # Not "statuscode = 6", ix_emails_pending_claim's predicate: see models.Email.
+        postgresql_where=sa.text("statuscode >= 6 AND statuscode < 7"),
     )
 
 
