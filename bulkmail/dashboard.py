@@ -29,6 +29,7 @@ from bulkmail import (
     mailboxes,
     models,
     tally,
+    throttle,
 )
 from bulkmail.inbound import monitor
 from bulkmail.models import OperationStatus
@@ -414,6 +415,44 @@ def overview(session: orm.Session, now: dt.datetime) -> Data:
         "inbound_workers_alive": _count(pollers, "inbound", "alive"),
         "expansions_running": int(expanding or 0),
         "operations": operations(session, now, limit=10),
+    }
+
+
+def providers(watch: throttle.Watch) -> Data:
+    """The providers page: each provider's domains and limits, and with throttling on, its
+    rate and state now (from Redis, where the pollers keep them)."""
+    problem = None
+    try:
+        now = {shown.provider: shown for shown in watch.snapshot()}
+    except throttle.Unavailable as error:
+        now, problem = {}, str(error)
+    rows = []
+    for name in watch.rules.names:
+        limits = watch.rules.limits_of(name)
+        shown = now.get(name)
+        # Unknown: throttling is on and Redis did not answer.
+        state = "off" if watch.client is None else (shown.mode.value if shown else "unknown")
+        rows.append(
+            {
+                "provider": name,
+                "domains": watch.rules.domains_of(name),
+                "rate_limit": limits.rate or None,  # None: unlimited
+                "connections": limits.connections or None,
+                "state": state,
+                "rate": (shown.rate or None) if shown else None,
+            }
+        )
+    policy = watch.policy
+    return {
+        "throttling": watch.client is not None,
+        "problem": problem,
+        "providers": rows,
+        "policy": {
+            "deferrals": policy.deferrals,
+            "window_seconds": policy.window,
+            "cooldown_seconds": policy.cooldown,
+            "step_seconds": policy.step,
+        },
     }
 
 

@@ -15,6 +15,12 @@ POLL_INTERVAL_SECONDS = 2.0  # polling fallback to LISTEN/NOTIFY
 REAP_INTERVAL_SECONDS = 30.0  # how often a poller ends the claims whose lease expired
 HEARTBEAT_SECONDS = 5.0  # how often a poller records that it is alive (the dashboard reads it)
 
+# Per-provider throttling: deferrals that halve a provider's rate, and its recovery.
+THROTTLE_DEFERRALS = 5  # deferrals within the window that halve the rate
+THROTTLE_WINDOW_SECONDS = 60.0
+THROTTLE_COOLDOWN_SECONDS = 300.0  # at the halved rate, before recovery starts
+THROTTLE_STEP_SECONDS = 30.0  # then a tenth of the limit back every step
+
 # Retries of temporary failures (4xx, lost connections).
 RETRY_FIRST_SECONDS = 60.0  # wait before the first retry; it doubles after each attempt
 RETRY_MAX_SECONDS = 3_600.0  # the longest wait between two attempts

@@ -23,6 +23,7 @@ swapped out, throttled by the rate limit) releases the batch instead of racing t
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import time
@@ -43,6 +44,7 @@ from bulkmail import (
     signing,
     smtp,
     tagged,
+    throttle,
     unsubscribe,
 )
 from bulkmail.status import FailureKind
@@ -79,6 +81,8 @@ class Round:
     released: int = 0
     canceled: int = 0  # withdrawn before SMTP, or a temporary failure, after a cancel
     stale: int = 0
+    # Nothing claimed while a capped provider had no token: seconds until it has one again.
+    throttled_wait: float = 0.0
 
     @property
     def attempted(self) -> bool:
@@ -94,6 +98,7 @@ class Round:
             released=self.released + other.released,
             canceled=self.canceled + other.canceled,
             stale=self.stale + other.stale,
+            throttled_wait=max(self.throttled_wait, other.throttled_wait),
         )
 
 
@@ -140,10 +145,15 @@ def mail_from(email_id: int, from_address: str, return_path: tagged.Tagged | Non
     return from_address if return_path is None else return_path.address(email_id)
 
 
-def _prepare(engine: sa.Engine, options: Options, cache: mime.PartCache) -> _Prepared:
+def _prepare(
+    engine: sa.Engine,
+    options: Options,
+    cache: mime.PartCache,
+    caps: dict[str, int] | None = None,
+) -> _Prepared:
     with db.transaction(engine) as session:
         claimed = outbox.claim(
-            session, worker=options.worker, limit=options.batch, lease=options.lease
+            session, worker=options.worker, limit=options.batch, lease=options.lease, caps=caps
         )
         if not claimed:
             return _Prepared(claimed={}, items=[], unbuildable=[])
@@ -346,8 +356,12 @@ async def run_round(
     limiter: ratelimit.RateLimiter | None = None,
     in_flight: dict[uuid.UUID, float] | None = None,
     recorder: Recorder | None = None,
+    shaper: throttle.Throttle | None = None,
 ) -> Round:
     """Claim, build, send and complete one batch; returns what happened to it.
+
+    With ``shaper``, the claim takes of each limited provider only what it may take now, and
+    each provider's part goes out over no more connections than it may have.
 
     While the batch is out, its claim token is in ``in_flight`` with the (monotonic) time of
     the claim, for the caller to renew.
@@ -359,9 +373,14 @@ async def run_round(
     its outcomes are written whatever it takes.
     """
     claimed_at = time.monotonic()
-    prepared = await asyncio.to_thread(_prepare, engine, options, cache)
+    budget = await _budget(shaper, options.batch)
+    prepared = await asyncio.to_thread(
+        _prepare, engine, options, cache, None if budget is None else budget.caps
+    )
+    if shaper is not None and budget is not None:
+        await _refund(shaper, budget, prepared)
     if not prepared.claimed:
-        return Round()
+        return Round(throttled_wait=0.0 if budget is None else budget.wait)
     tokens = {entry.claim_token for entry in prepared.claimed.values()}
     if in_flight is not None:
         in_flight.update(dict.fromkeys(tokens, claimed_at))
@@ -374,6 +393,7 @@ async def run_round(
             prepared,
             claimed_at,
             recorder or Recorder(engine, options),
+            shaper,
         )
     finally:
         if in_flight is not None:
@@ -389,6 +409,7 @@ async def _send_claimed(
     prepared: _Prepared,
     claimed_at: float,
     recorder: Recorder,
+    shaper: throttle.Throttle | None = None,
 ) -> Round:
     items = await _sendable(prepared.items, claimed_at, options, limiter)
     sending = {item.key for item in items}
@@ -403,7 +424,12 @@ async def _send_claimed(
             logger.warning("cannot check for cancels (%s); releasing %d", summary(error), len(part))
             canceled = {item.key for item in part}
         handed = [item for item in part if item.key not in canceled]
-        results = await sender.send_batch(handed) if handed else []
+        if shaper is None:
+            results = await sender.send_batch(handed) if handed else []
+        else:
+            deadline = claimed_at + options.lease.total_seconds() / 2
+            hold = options.lease.total_seconds()
+            results = await _send_shaped(sender, shaper, handed, prepared, deadline, hold)
         return await recorder.record(claimed, [], results, admitted=len(part))
 
     async with asyncio.TaskGroup() as group:
@@ -426,3 +452,74 @@ async def _send_claimed(
 def _withdrawn(engine: sa.Engine, claimed: list[outbox.Claimed]) -> set[int]:
     with db.transaction(engine) as session:
         return outbox.withdrawn(session, claimed)
+
+
+async def _budget(shaper: throttle.Throttle | None, wanted: int) -> throttle.Budget | None:
+    """What the claim may take of each limited provider; without Redis, none of theirs."""
+    if shaper is None:
+        return None
+    try:
+        return await shaper.budget(wanted)
+    except throttle.Unavailable as error:
+        logger.warning("%s; claiming no email of a limited provider", error)
+        return throttle.Budget(caps=dict.fromkeys(shaper.limited, 0), wait=0.0)
+
+
+async def _refund(shaper: throttle.Throttle, budget: throttle.Budget, prepared: _Prepared) -> None:
+    """Give back the tokens of emails the claim did not find."""
+    if not budget.caps:
+        return
+    taken = collections.Counter(c.email.provider for c in prepared.claimed.values())
+    try:
+        await shaper.refund({name: cap - taken[name] for name, cap in budget.caps.items()})
+    except throttle.Unavailable as error:
+        logger.warning("%s; unused tokens are not given back", error)
+
+
+async def _send_shaped(
+    sender: smtp.Sender,
+    shaper: throttle.Throttle,
+    items: list[Item],
+    prepared: _Prepared,
+    deadline: float,
+    hold: float,
+) -> list[smtp.Outcome[int]]:
+    """Send each provider's items over the connections it may have, reporting its deferrals.
+
+    Items of a provider whose connections stay taken until ``deadline`` (monotonic) get no
+    outcome: their claims are released, uncounted. A connection slot is held at most ``hold``
+    seconds, so a poller that dies does not keep it.
+    """
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(prepared.claimed[item.key].email.provider, []).append(item)
+
+    async def send(provider: str, group: list[Item]) -> list[smtp.Outcome[int]]:
+        try:
+            slots = await throttle.wait_for_connections(
+                shaper, provider, len(group), hold, deadline
+            )
+        except throttle.Unavailable as error:
+            logger.warning("%s; releasing %d emails of %s", error, len(group), provider)
+            return []
+        if slots is None:
+            logger.warning("no connection free for %s; releasing %d emails", provider, len(group))
+            return []
+        try:
+            results = await sender.send_batch(group, connections=len(slots) or None)
+        finally:
+            await shaper.release(provider, slots)
+        deferred = sum(1 for result in results if throttle.is_deferral(result))
+        if deferred:
+            try:
+                seen = await shaper.report(provider, deferred)
+            except throttle.Unavailable as error:
+                logger.warning("%s; %d deferrals of %s not counted", error, deferred, provider)
+            else:
+                if seen.mode is throttle.Mode.THROTTLED:
+                    logger.info("%s deferred %d: rate now %.1f/s", provider, deferred, seen.rate)
+        return results
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(send(name, part)) for name, part in groups.items()]
+    return [result for task in tasks for result in task.result()]

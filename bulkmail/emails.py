@@ -17,7 +17,18 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql
 
-from bulkmail import attachments, db, errors, headers, mailboxes, mime, models, status, wakeup
+from bulkmail import (
+    attachments,
+    db,
+    errors,
+    headers,
+    mailboxes,
+    mime,
+    models,
+    providers,
+    status,
+    wakeup,
+)
 from bulkmail.status import FailureKind, Priority, Status
 
 E = models.Email
@@ -91,6 +102,7 @@ def create(
         to_addresses=to,
         cc_addresses=cc,
         bcc_addresses=bcc,
+        provider=providers.current().provider_of(to, cc, bcc),
         reply_to=headers.normalize_reply_to(new.reply_to),
         subject=_subject(new.subject),
         body_text=new.text,
@@ -145,6 +157,9 @@ def update(
             email.to_addresses if to is None else to,
             email.cc_addresses if cc is None else cc,
             email.bcc_addresses if bcc is None else bcc,
+        )
+        email.provider = providers.current().provider_of(
+            email.to_addresses, email.cc_addresses, email.bcc_addresses
         )
     if text is not None:
         email.body_text = text

@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -54,6 +54,7 @@ from bulkmail import (
     mailboxes,
     mime,
     models,
+    providers,
     query,
     rendering,
     tally,
@@ -85,6 +86,7 @@ _COPY_COLUMNS = {
     "from_address": "varchar",
     "from_name": "varchar",
     "to_addresses": "jsonb",
+    "provider": "varchar",
     "subject": "text",
     "body_html": "text",
     "body_text": "text",
@@ -128,6 +130,7 @@ class Recipe:
     sender: Mapping[str, object]
     domain: str
     unsubscribe: unsubscribe.Links | None = None
+    rules: providers.Rules = field(default_factory=providers.Rules)
 
     def render(
         self, contact: sa.Row[Any], *, email_id: int, message_id: str, now: dt.datetime
@@ -306,6 +309,7 @@ def _make_recipe(
         sender={"name": sender.name, "address": sender.email},
         domain=domain.strip().lower(),
         unsubscribe=links,
+        rules=providers.current(),
     )
 
 
@@ -573,6 +577,7 @@ def _rows(
     tokens = _time_ordered(2 * len(contacts))
     for contact, email_id in zip(contacts, ids, strict=True):
         message_id = f"{next(tokens):032x}@{recipe.domain}"
+        address = [contact.email]
         outcome = recipe.render(contact, email_id=email_id, message_id=message_id, now=now)
         if isinstance(outcome, str):
             counts["render_failures"] += 1
@@ -595,7 +600,8 @@ def _rows(
             1,
             *sent_from,
             recipe.from_name,
-            [contact.email],
+            address,
+            recipe.rules.provider_of(address),
             subject,
             html,
             text,

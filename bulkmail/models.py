@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql
 
-from bulkmail import status
+from bulkmail import providers, status
 
 BigId = sa.BigInteger()
 Json = postgresql.JSONB()
@@ -201,6 +201,8 @@ class Contact(Base):
 
 PENDING = int(status.Status.PENDING_SEND)
 SENDING = int(status.Status.SENDING)
+# Pending Send, as ix_emails_pending_provider and the lookups it serves say it (0017).
+PENDING_BY_PROVIDER = f"statuscode >= {PENDING} AND statuscode < {PENDING + 1}"
 
 
 class Email(Base):
@@ -221,6 +223,16 @@ class Email(Base):
             sa.column("priority").desc(),
             sa.column("id"),
             postgresql_where=sa.text(f"statuscode = {PENDING}"),
+        ),
+        # The claim when providers are capped: each provider's pending emails (0017). Its
+        # predicate says "pending" in other words than ix_emails_pending_claim's, so that the
+        # claim's per-provider lookups, which use these words, can only be planned on it.
+        sa.Index(
+            "ix_emails_pending_provider",
+            "provider",
+            sa.column("priority").desc(),
+            sa.column("id"),
+            postgresql_where=sa.text(PENDING_BY_PROVIDER),
         ),
         # The poller's check before it hands a part of a batch to SMTP: only the few emails
         # whose cancel was asked while a poller held them.
@@ -280,6 +292,9 @@ class Email(Base):
     bcc_addresses: orm.Mapped[list[str]] = orm.mapped_column(
         Json, default=list, server_default=sa.text("'[]'")
     )
+    # The mailbox provider of the first recipient (bulkmail.providers), set when the email is
+    # created or its recipients change: what the per-provider throttling goes by (0017).
+    provider: orm.Mapped[str] = orm.mapped_column(sa.String(32), server_default=providers.DEFAULT)
     # A bulk operation's emails leave it empty: theirs is the operation's (migration 0011).
     reply_to: orm.Mapped[str | None] = orm.mapped_column(sa.String(320))
     subject: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")

@@ -21,12 +21,13 @@ import datetime as dt
 import functools
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import orm
+from sqlalchemy.dialects import postgresql
 
 from bulkmail import db, defaults, history, mailboxes, models, settings, smtp, tally
 from bulkmail.models import OperationStatus
@@ -88,6 +89,7 @@ class ClaimedEmail(NamedTuple):
     delivery_attempts: int  # this attempt included
     created_at: dt.datetime  # aware; on PostgreSQL in the session's time zone
     sent_at: dt.datetime | None
+    provider: str  # the recipient's mailbox provider (bulkmail.providers)
     reply_to: str | None  # a bulk operation's emails have none: theirs is the operation's
     to_addresses: list[str]
     cc_addresses: list[str]
@@ -140,11 +142,13 @@ def claim(
     limit: int,
     lease: dt.timedelta,
     now: dt.datetime | None = None,
+    caps: Mapping[str, int] | None = None,
 ) -> list[Claimed]:
     """Move up to ``limit`` due Pending Send emails to Sending for ``worker`` and return them.
 
     Highest priority first, then oldest. Two callers never get the same email: each skips
-    the rows another claimer has locked.
+    the rows another claimer has locked. ``caps``: at most that many emails of each provider
+    it names (what the provider may take now, see ``throttle``); the others' up to ``limit``.
     Emails whose sender mailbox is blocked by the approval rules are failed here instead; emails
     of canceled bulk operations are never claimed. The caller commits right after, before any
     SMTP traffic.
@@ -152,14 +156,16 @@ def claim(
     now = now or models.utcnow()
     token = uuid.uuid4()
     connection = session.connection()
-    params = {
+    params: dict[str, object] = {
         "now": now,
         "limit": limit,
         "token": token,
         "worker": worker,
         "lease_expires_at": now + lease,
     }
-    sql, defaults = _claim_sql(connection.dialect)
+    if caps is not None:
+        params["caps"] = json.dumps(dict(caps))
+    sql, defaults = _claim_sql(connection.dialect, capped=caps is not None)
     loads = db.json_loads
     rows = [
         ClaimedEmail._make((*row[:-3], loads(row[-3]), loads(row[-2]), loads(row[-1])))
@@ -193,21 +199,20 @@ def claim(
     return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
 
 
-def _claim_statement() -> sa.Update:
+def _claim_statement(*, capped: bool) -> sa.Update:
     """The claim, one statement with the parameters now, limit, token, worker and
-    lease_expires_at.
+    lease_expires_at (and caps when ``capped``).
 
     The due rows are chosen in a CTE and locked with FOR UPDATE SKIP LOCKED; the address lists
     come back as jsonb's text.
     """
     now = sa.bindparam("now", type_=models.UTCDateTime)
-    due = (
-        sa.select(E.id)
-        .where(*_due(now))
-        .order_by(E.priority.desc(), E.id)
-        .limit(sa.bindparam("limit", type_=sa.Integer))
-    )
-    chosen = due.with_for_update(skip_locked=True).cte("due")
+    limit = sa.bindparam("limit", type_=sa.Integer)
+    if capped:
+        chosen = _capped_due(now, limit)
+    else:
+        due = sa.select(E.id).where(*_due(now)).order_by(E.priority.desc(), E.id).limit(limit)
+        chosen = due.with_for_update(skip_locked=True).cte("due")
     returned: list[sa.ColumnElement[Any]] = list(_CLAIMED_COLUMNS)
     returned[-3:] = [sa.cast(column, sa.Text) for column in returned[-3:]]
     return (
@@ -227,12 +232,68 @@ def _claim_statement() -> sa.Update:
     )
 
 
-def _due(now: sa.ColumnElement[dt.datetime] | dt.datetime) -> list[sa.ColumnElement[bool]]:
-    """What makes an email claimable at ``now``: Pending Send, its send time and next attempt
-    reached, its bulk operation not canceled."""
+def _capped_due(now: sa.BindParameter[dt.datetime], limit: sa.BindParameter[int]) -> sa.CTE:
+    """The due rows when some providers are capped: each provider's own, through
+    ix_emails_pending_provider, so a capped provider's backlog is never scanned past.
+
+    The providers with pending emails are found by a skip scan of that index (one probe per
+    provider); each gives at most its cap (``caps``, a JSON object) or ``limit``, locked; the
+    best ``limit`` of them by priority and age are claimed (locks on the rest end with the
+    claim's transaction).
+    """
+
+    # Pending in the words of that index's predicate, which ix_emails_pending_claim's
+    # ("statuscode = 6") does not imply: so the planner cannot read that index instead and
+    # filter the provider out, which would scan past a throttled provider's whole backlog.
+    def pending(statuscode: orm.InstrumentedAttribute[int]) -> sa.ColumnElement[bool]:
+        # models.PENDING_BY_PROVIDER, clause for clause.
+        lowest = sa.literal_column(str(_PENDING), sa.SmallInteger)
+        beyond = sa.literal_column(str(_PENDING + 1), sa.SmallInteger)
+        return sa.and_(statuscode >= lowest, statuscode < beyond)
+
+    first = sa.select(E.provider).where(pending(E.statuscode)).order_by(E.provider).limit(1)
+    names = sa.select(first.scalar_subquery().label("name")).cte("providers", recursive=True)
+    later = orm.aliased(E)
+    following = (
+        sa.select(later.provider)
+        .where(pending(later.statuscode), later.provider > names.c.name)
+        .order_by(later.provider)
+        .limit(1)
+    )
+    names = names.union_all(
+        sa.select(following.scalar_subquery().label("name")).where(names.c.name.is_not(None))
+    )
+    caps = sa.cast(sa.bindparam("caps", type_=sa.Text), postgresql.JSONB)
+    cap = sa.func.coalesce(sa.cast(caps[names.c.name].astext, sa.Integer), limit)
+    per_provider = (
+        sa.select(E.id, E.priority)
+        .where(E.provider == names.c.name, *_due(now, pending=pending(E.statuscode)))
+        .order_by(E.priority.desc(), E.id)
+        .limit(cap)
+        .with_for_update(skip_locked=True)
+        .lateral("per_provider")
+    )
+    return (
+        sa.select(per_provider.c.id)
+        .select_from(names.join(per_provider, sa.true()))
+        # The skip scan ends with a NULL name: looking it up would read the whole index.
+        .where(names.c.name.is_not(None))
+        .order_by(per_provider.c.priority.desc(), per_provider.c.id)
+        .limit(limit)
+        .cte("due")
+    )
+
+
+def _due(
+    now: sa.ColumnElement[dt.datetime] | dt.datetime,
+    *,
+    pending: sa.ColumnElement[bool] | None = None,
+) -> list[sa.ColumnElement[bool]]:
+    """What makes an email claimable at ``now``: Pending Send (in the words of ``pending``),
+    its send time and next attempt reached, its bulk operation not canceled."""
     return [
         # A literal, not a parameter, so that the plan uses the partial index on pending rows.
-        E.statuscode == sa.literal_column(str(_PENDING)),
+        E.statuscode == sa.literal_column(str(_PENDING)) if pending is None else pending,
         sa.or_(E.send_after.is_(None), E.send_after <= now),
         sa.or_(E.next_attempt_at.is_(None), E.next_attempt_at <= now),
         ~sa.exists().where(Op.id == E.bulk_operation_id, Op.status == _OP_CANCELED),
@@ -256,7 +317,7 @@ def outstanding(session: orm.Session, operation_id: int, *, now: dt.datetime | N
 
 
 @functools.cache
-def _claim_sql(dialect: sa.Dialect) -> tuple[str, dict[str, Any]]:
+def _claim_sql(dialect: sa.Dialect, *, capped: bool) -> tuple[str, dict[str, Any]]:
     """The claim as driver SQL, compiled once, with its parameters' defaults (the constants'
     values; ``claim`` gives the rest).
 
@@ -264,7 +325,7 @@ def _claim_sql(dialect: sa.Dialect) -> tuple[str, dict[str, Any]]:
     compilation or typed row processing (two thirds of the claim's CPU time in Python), and the
     address lists are parsed by ``db.json_loads``.
     """
-    compiled = _claim_statement().compile(dialect=dialect)
+    compiled = _claim_statement(capped=capped).compile(dialect=dialect)
     return str(compiled), dict(compiled.params)
 
 

@@ -93,7 +93,45 @@ class Settings(BaseSettings):
         description="Messages/second to the SMTP server shared by all pollers (Redis); 0 is off",
     )
     redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="Redis for the shared SMTP rate limit"
+        default="redis://127.0.0.1:6379/0",
+        description="Redis for the shared SMTP rate limit and the per-provider throttling",
+    )
+    provider_throttling: bool = Field(
+        default=False,
+        description="Pollers keep per-provider limits and halve a provider's rate on deferrals, "
+        "shared through Redis",
+    )
+    provider_domains: str = Field(
+        default="",
+        description="Recipient domains to providers, on top of the built-in rules: "
+        "DOMAIN=PROVIDER pairs separated by commas (read where emails are created)",
+    )
+    provider_limits: str = Field(
+        default="",
+        description="Per-provider limits shared by all pollers, on top of the built-in ones: "
+        "PROVIDER=RATE/CONNECTIONS pairs (messages/second, connections; 0 is no limit)",
+    )
+    throttle_deferrals: int = Field(
+        default=defaults.THROTTLE_DEFERRALS,
+        ge=1,
+        description="Deferrals (421, 4xx 4.7.x) of a provider within the window that halve "
+        "its rate",
+    )
+    throttle_window: float = Field(
+        default=defaults.THROTTLE_WINDOW_SECONDS,
+        gt=0,
+        description="Seconds in which a provider's deferrals are counted",
+    )
+    throttle_cooldown: float = Field(
+        default=defaults.THROTTLE_COOLDOWN_SECONDS,
+        gt=0,
+        description="Seconds a throttled provider stays at its halved rate before it recovers",
+    )
+    throttle_step: float = Field(
+        default=defaults.THROTTLE_STEP_SECONDS,
+        gt=0,
+        description="After the cool-down, a provider's rate grows by a tenth of its limit every "
+        "this many seconds until it is back at the limit",
     )
     expansion_batch: int = Field(
         default=5_000,

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent import futures
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import redis.asyncio as aioredis
 import sqlalchemy as sa
@@ -45,10 +45,12 @@ from bulkmail import (
     mime,
     models,
     outbox,
+    providers,
     ratelimit,
     settings,
     smtp,
     tagged,
+    throttle,
     unsubscribe,
     wakeup,
 )
@@ -76,6 +78,9 @@ class Config:
     redis_url: str = "redis://127.0.0.1:6379/0"
     unsubscribe: unsubscribe.Links | None = None
     return_path: tagged.Tagged | None = None
+    # Per-provider limits and backoff on deferrals (through Redis); None: off.
+    rules: providers.Rules | None = None
+    throttle_policy: throttle.Policy = field(default_factory=throttle.Policy)
 
     def __post_init__(self) -> None:
         # A bad SMTP URL is one clear error before the poller starts, not a line after its logs.
@@ -98,6 +103,8 @@ class Config:
             redis_url=config.redis_url,
             unsubscribe=unsubscribe.Links.from_settings(config),
             return_path=tagged.return_paths(config),
+            rules=providers.from_settings(config) if config.provider_throttling else None,
+            throttle_policy=throttle.Policy.from_settings(config),
         )
         given = {name: value for name, value in overrides.items() if value is not None}
         return replace(base, **given)  # type: ignore[arg-type]
@@ -120,7 +127,7 @@ class Poller:
         self.engine = db.make_engine(
             config.database_url, pool_size=self.connections, max_overflow=0
         )
-        _end_stalled_transactions(self.engine, config.lease)
+        _transaction_settings(self.engine, config.lease)
         self.total = delivery.Round()
         batch = config.batch
         if config.rate_limit:
@@ -168,6 +175,7 @@ class Poller:
         try:
             async with (
                 self._limiter() as limiter,
+                self._shaper() as shaper,
                 smtp.Sender(smtp_settings) as sender,
                 wakeup.listener(self.config.database_url) as woken,
                 asyncio.TaskGroup() as group,
@@ -178,7 +186,7 @@ class Poller:
                     group.create_task(self._every(self.config.reap_interval, self._reap)),
                 ]
                 rounds = [
-                    group.create_task(self._send_loop(sender, woken, limiter))
+                    group.create_task(self._send_loop(sender, woken, limiter, shaper))
                     for _ in range(self.config.rounds)
                 ]
                 await asyncio.wait(rounds)
@@ -189,7 +197,11 @@ class Poller:
             self.engine.dispose()
 
     async def _send_loop(
-        self, sender: smtp.Sender, woken: asyncio.Event, limiter: ratelimit.RateLimiter | None
+        self,
+        sender: smtp.Sender,
+        woken: asyncio.Event,
+        limiter: ratelimit.RateLimiter | None,
+        shaper: throttle.Throttle | None,
     ) -> None:
         backoff = _Backoff()
         while not self.stopping.is_set():
@@ -205,6 +217,7 @@ class Poller:
                     limiter,
                     self._in_flight,
                     self._recorder,
+                    shaper,
                 )
             except delivery.DATABASE_DOWN as error:
                 # The database went away: wait and try again rather than crash-looping.
@@ -230,6 +243,10 @@ class Poller:
                 continue
             backoff.reset()
             if done.claimed:
+                continue
+            if done.throttled_wait:
+                # A provider with due emails may have a token again soon: not a poll interval.
+                await self._sleep(min(max(done.throttled_wait, 0.02), self.config.poll_interval))
                 continue
             if self.config.exit_when_idle:
                 # Nothing is due: no more claims, but the other rounds send all they claimed.
@@ -315,6 +332,17 @@ class Poller:
         finally:
             await client.aclose()
 
+    @contextlib.asynccontextmanager
+    async def _shaper(self) -> AsyncIterator[throttle.Throttle | None]:
+        if self.config.rules is None:
+            yield None
+            return
+        client = aioredis.Redis.from_url(self.config.redis_url)
+        try:
+            yield throttle.Throttle(client, self.config.rules, self.config.throttle_policy)
+        finally:
+            await client.aclose()
+
 
 class _Backoff:
     """Waits that double from 1 s to 30 s while an outage lasts."""
@@ -342,20 +370,28 @@ async def _first(*waits: Coroutine[object, object, object]) -> None:
             task.cancel()
 
 
-def _end_stalled_transactions(engine: sa.Engine, lease: dt.timedelta) -> None:
-    """PostgreSQL ends a poller's session that sits in an open transaction for a whole lease.
+def _transaction_settings(engine: sa.Engine, lease: dt.timedelta) -> None:
+    """Each transaction of a poller: ended by PostgreSQL if it sits open for a whole lease; no JIT.
 
     The poller's transactions last milliseconds; one left open is a stalled process (stopped,
     swapped out), and its row locks would keep the emails it was claiming from every other
     poller, and its claims from the reaper, until it woke. Ended, it rolls back: what it had
     claimed and not committed stays Pending Send, and the poller reconnects when it wakes.
 
-    Set in each transaction (SET LOCAL), not for the session: PgBouncer refuses the ``options``
-    startup parameter, and in transaction mode a session's settings stay with whichever
-    server connection ran them.
+    Set in each transaction, not for the session: PgBouncer refuses the ``options`` startup
+    parameter, and in transaction mode a session's settings stay with whichever server
+    connection ran them.
+
+    JIT is off in the same statement: the poller's statements take milliseconds, and the claim
+    of capped providers (its lateral lookups, whose row counts the planner cannot know) is
+    estimated costly enough for PostgreSQL to spend ~150 ms compiling it, twice what running
+    it takes.
     """
     limit = int(lease.total_seconds() * 1000)
-    statement = f"SET LOCAL idle_in_transaction_session_timeout = {limit}"
+    statement = (
+        f"SELECT set_config('idle_in_transaction_session_timeout', '{limit}', true),"
+        " set_config('jit', 'off', true)"
+    )
 
     def limited(connection: sa.Connection) -> None:
         connection.exec_driver_sql(statement)

@@ -41,14 +41,18 @@ class Sender:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def send_batch(self, items: Sequence[outcomes.Item[K]]) -> list[outcomes.Outcome[K]]:
-        """Send every item; return one outcome per item, in the order of ``items``."""
+    async def send_batch(
+        self, items: Sequence[outcomes.Item[K]], *, connections: int | None = None
+    ) -> list[outcomes.Outcome[K]]:
+        """Send every item over at most ``connections`` sessions (default: all the Sender
+        has); return one outcome per item, in the order of ``items``."""
         if self._closed:
             raise SMTPError("this Sender is closed; open a new one to send")
         batch = transfer.Batch(items)
         failures: list[SMTPError] = []
+        sessions = min(self._settings.connections, connections or self._settings.connections)
         async with asyncio.TaskGroup() as group:
-            for _ in range(min(self._settings.connections, len(batch.jobs))):
+            for _ in range(min(sessions, len(batch.jobs))):
                 group.create_task(self._work(batch, failures))
         return batch.result(items, failures[-1] if failures else None)
 

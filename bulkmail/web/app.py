@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from bulkmail import db, errors, handout, outbox, settings, signing, tagged, tokens
+from bulkmail import db, errors, handout, outbox, settings, signing, tagged, throttle, tokens
 from bulkmail import unsubscribe as unsubscribe_links
 from bulkmail.web import actions, api, metrics, security, unsubscribe, views
 from bulkmail.web.api import calls, problems
@@ -153,6 +153,7 @@ def create_app(
     app.state.message_id_domain = config.message_id_domain or None
     app.state.unsubscribe = unsubscribe_links.Links.from_settings(config)
     app.state.return_path = tagged.return_paths(config)
+    app.state.providers = throttle.Watch.from_settings(config)
     # BackgroundSendEmail signs as the pollers do; each key file is read once per process.
     app.state.keyring = signing.Keyring()
     # SendBulkMail's doorbell; ``bulkmail web`` gives Celery's. Without one, the reconciler

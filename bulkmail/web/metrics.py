@@ -1,5 +1,6 @@
 """``/metrics`` in the Prometheus text format, read from PostgreSQL at each scrape: right with
-any number of pollers on any number of hosts, and unchanged by a restart of this process.
+any number of pollers on any number of hosts, and unchanged by a restart of this process. The
+providers' throttling state is read from Redis, where the pollers keep it.
 
 Labels are few-valued (statuses, results, reply classes, poller ids, the incoming mailboxes
 set up): no operation ids, no recipient addresses.
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bulkmail import dashboard, db, models
+from bulkmail import dashboard, db, models, throttle
 from bulkmail.inbound import monitor
 from bulkmail.web import security
 
@@ -138,9 +139,48 @@ class Database(Collector):
         yield info
 
 
-def _scrape(engine: sa.Engine) -> bytes:
+class Providers(Collector):
+    """Each provider's rate and state now; nothing while throttling is off or Redis does not
+    answer (``absent(bulkmail_provider_rate)`` alerts on that)."""
+
+    def __init__(self, watch: throttle.Watch) -> None:
+        self.watch = watch
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            shown = self.watch.snapshot()
+        except throttle.Unavailable:
+            return
+        if not shown:
+            return
+        rate = GaugeMetricFamily(
+            "bulkmail_provider_rate",
+            "Messages/second a provider may take now, all pollers together (0: unlimited)",
+            labels=["provider"],
+        )
+        limit = GaugeMetricFamily(
+            "bulkmail_provider_rate_limit",
+            "A provider's configured messages/second (0: unlimited)",
+            labels=["provider"],
+        )
+        state = GaugeMetricFamily(
+            "bulkmail_provider_state",
+            "1 for the state a provider is in: normal, throttled or cooling_down",
+            labels=["provider", "state"],
+        )
+        for provider in shown:
+            rate.add_metric([provider.provider], provider.rate)
+            limit.add_metric([provider.provider], provider.limit)
+            for mode in throttle.Mode:
+                label = mode.value.replace(" ", "_")
+                state.add_metric([provider.provider, label], float(mode is provider.mode))
+        yield from (rate, limit, state)
+
+
+def _scrape(engine: sa.Engine, watch: throttle.Watch) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Database(engine))
+    registry.register(Providers(watch))
     return generate_latest(registry)
 
 
@@ -150,7 +190,8 @@ async def metrics(request: Request) -> Response:
             "authentication required: send Authorization: Bearer with the metrics token\n",
             status_code=401,
         )
-    body = await run_in_threadpool(_scrape, request.app.state.engine)
+    state = request.app.state
+    body = await run_in_threadpool(_scrape, state.engine, state.providers)
     return Response(body, media_type=CONTENT_TYPE)
 
 

@@ -60,6 +60,10 @@ def _mailboxes(session: orm.Session, request: Request, now: dt.datetime) -> Data
     return {"mailboxes": dashboard.mailbox_list(session)}
 
 
+def _providers(session: orm.Session, request: Request, now: dt.datetime) -> Data:
+    return dashboard.providers(request.app.state.providers)
+
+
 # path, template, view, whether the page refreshes itself
 PAGES: list[tuple[str, str, View, bool]] = [
     ("/", "overview", _overview, True),
@@ -69,6 +73,7 @@ PAGES: list[tuple[str, str, View, bool]] = [
     ("/emails/{email_id:int}", "email", _email, False),
     ("/workers", "workers", _workers, True),
     ("/mailboxes", "mailboxes", _mailboxes, False),
+    ("/providers", "providers", _providers, True),
 ]
 
 

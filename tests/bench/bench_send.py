@@ -6,6 +6,7 @@ Not a test (pytest does not collect it). Run it from the repository root::
     .venv/bin/python tests/bench/bench_send.py                 # 100,000 emails of bulk operations
     .venv/bin/python tests/bench/bench_send.py --n 20000 --pollers 2 --json
     .venv/bin/python tests/bench/bench_send.py --rows bare     # rows without an operation
+    .venv/bin/python tests/bench/bench_send.py --throttling redis://127.0.0.1:6380/0
 
 It starts ``smtp-sink`` on a free loopback port and creates a fresh PostgreSQL database next to
 the one named by BULKMAIL_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres). The
@@ -337,6 +338,11 @@ def run_pollers(
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
     env["BULKMAIL_DATABASE_URL"] = url
     env["BULKMAIL_SMTP_URL"] = f"smtp://127.0.0.1:{port}"
+    if args.throttling:
+        # The recipients are all of the default provider: what throttling costs when no
+        # provider is throttled.
+        env["BULKMAIL_PROVIDER_THROTTLING"] = "true"
+        env["BULKMAIL_REDIS_URL"] = args.throttling
     options = ["--exit-when-idle", "--log-level", "warning"]
     options += ["--batch", str(args.batch)] if args.batch else []
     options += ["--concurrency", str(args.concurrency)] if args.concurrency else []
@@ -429,6 +435,11 @@ def main() -> None:
         help="time each claim in the pollers (timed_poller.py): p50/p99 of the claim",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--throttling",
+        metavar="REDIS_URL",
+        help="pollers with per-provider throttling on, through this Redis (one of your own)",
+    )
     args = parser.parse_args()
     tool("smtp-source")
 
@@ -471,7 +482,7 @@ def main() -> None:
     if claims:
         note += f"; claim p50 {claims['claim_p50_ms']} ms, p99 {claims['claim_p99_ms']} ms"
     result = {
-        "phase": f"send, {pollers}, {rows}",
+        "phase": f"send, {pollers}, {rows}{', throttling on' if args.throttling else ''}",
         "n": args.n,
         "rate": round(rate),
         "reference": round(reference),
