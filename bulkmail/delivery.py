@@ -11,7 +11,9 @@ kill -9 sends at most that many twice (after the lease expires, another poller s
 Right before each part of a batch goes to the server, the poller asks the database which of its
 emails were canceled meanwhile (``outbox.withdrawn``) and hands over only the others; their
 claims end Canceled. So once a cancel has committed and every claim of it has ended, nothing of
-it reaches SMTP any more.
+it reaches SMTP any more. The same check withholds the emails whose claim the poller lost: a
+poller stopped (SIGSTOP, swapped out) past its lease, whose claims the reaper ended and other
+pollers took, hands none of the rest of its batch over when it resumes.
 
 A round never loses what the SMTP server said: when the database is unreachable at the moment
 the outcomes are written, they are written again until it is back (each write is a
@@ -389,12 +391,13 @@ async def _send_claimed(
     async def deliver(part: list[Item]) -> Round:
         claimed = [prepared.claimed[item.key] for item in part]
         try:
-            canceled = await asyncio.to_thread(_withdrawn, engine, claimed)
+            withheld = await asyncio.to_thread(_withdrawn, engine, claimed)
         except DATABASE_DOWN as error:
-            # Without the check a cancel could be missed: nothing goes out until it is back.
+            # Without the check a cancel, or a lost claim, could be missed: nothing goes out
+            # until it is back.
             logger.warning("cannot check for cancels (%s); releasing %d", summary(error), len(part))
-            canceled = {item.key for item in part}
-        handed = [item for item in part if item.key not in canceled]
+            withheld = {item.key for item in part}
+        handed = [item for item in part if item.key not in withheld]
         results = await sender.send_batch(handed) if handed else []
         return await recorder.record(claimed, [], results, admitted=len(part))
 
