@@ -390,8 +390,12 @@ async def _send_claimed(
 
     async def deliver(part: list[Item]) -> Round:
         claimed = [prepared.claimed[item.key] for item in part]
+        # A claim is lost no sooner than a lease after it was made (renewals only push that
+        # back); from half a lease on, leaving room for hosts' clocks to differ, the check
+        # also looks up each email's claim, which costs a lookup per email.
+        may_be_lost = time.monotonic() - claimed_at > options.lease.total_seconds() / 2
         try:
-            withheld = await asyncio.to_thread(_withdrawn, engine, claimed)
+            withheld = await asyncio.to_thread(_withdrawn, engine, claimed, may_be_lost)
         except DATABASE_DOWN as error:
             # Without the check a cancel, or a lost claim, could be missed: nothing goes out
             # until it is back.
@@ -418,6 +422,6 @@ async def _send_claimed(
     return sum((task.result() for task in tasks), Round(claimed=len(prepared.claimed)))
 
 
-def _withdrawn(engine: sa.Engine, claimed: list[outbox.Claimed]) -> set[int]:
+def _withdrawn(engine: sa.Engine, claimed: list[outbox.Claimed], may_be_lost: bool) -> set[int]:
     with db.transaction(engine) as session:
-        return outbox.withdrawn(session, claimed)
+        return outbox.withdrawn(session, claimed, claims_may_be_lost=may_be_lost)

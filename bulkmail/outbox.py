@@ -338,35 +338,50 @@ def _back_to_pending_unless_canceled() -> dict[str, object]:
     }
 
 
-def withdrawn(session: orm.Session, claimed: Sequence[Claimed]) -> set[int]:
-    """The ids of these claimed emails that must not reach SMTP: their cancel was asked, or
-    their claim is no longer held (the poller stalled past the lease and the reaper ended it:
-    another poller may have sent them already).
+def withdrawn(
+    session: orm.Session, claimed: Sequence[Claimed], *, claims_may_be_lost: bool = False
+) -> set[int]:
+    """The ids of these claimed emails that must not reach SMTP: their cancel was asked, or,
+    with ``claims_may_be_lost``, their claim is no longer held (the poller stalled past the
+    lease and the reaper ended it: another poller may have sent them already).
 
-    The poller asks right before it hands a part of its batch to the server. One lookup of the
-    part's operations and one by primary key per email of the part.
+    The poller asks right before it hands a part of its batch to the server. Two index lookups,
+    and with ``claims_may_be_lost`` one by primary key per email instead of the second: the
+    poller asks for that only once a claim can have expired.
     """
     operations = {c.email.bulk_operation_id for c in claimed} - {None}
-    canceled_operations, lost = session.execute(
-        sa.text(
-            "SELECT"
-            " array(SELECT id FROM bulk_operations WHERE status = :canceled"
-            " AND id = ANY(CAST(:operations AS bigint[]))),"
-            " array(SELECT c.id FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[]))"
+    ids = "{" + ",".join(str(c.email.id) for c in claimed) + "}"
+    tokens = "{}"
+    if claims_may_be_lost:
+        tokens = "{" + ",".join(str(c.claim_token) for c in claimed) + "}"
+        # Every email not Sending under its token any more, or whose cancel was asked.
+        emails = (
+            "SELECT c.id FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[]))"
             " AS c(id, token) LEFT JOIN emails AS e ON e.id = c.id AND e.claim_token = c.token"
-            " AND e.statuscode = :sending AND e.cancel_requested_at IS NULL"
-            " WHERE e.id IS NULL)"
+            " AND e.statuscode = :sending AND e.cancel_requested_at IS NULL WHERE e.id IS NULL"
+        )
+    else:
+        emails = (
+            "SELECT id FROM emails WHERE cancel_requested_at IS NOT NULL"
+            " AND id = ANY(CAST(:ids AS bigint[]))"
+        )
+    canceled_operations, stopped_emails = session.execute(
+        sa.text(
+            "SELECT array(SELECT id FROM bulk_operations WHERE status = :canceled"
+            f" AND id = ANY(CAST(:operations AS bigint[]))), array({emails})"
         ),
         {
             "canceled": _OP_CANCELED,
             "sending": _SENDING,
             "operations": "{" + ",".join(map(str, operations)) + "}",
-            "ids": "{" + ",".join(str(c.email.id) for c in claimed) + "}",
-            "tokens": "{" + ",".join(str(c.claim_token) for c in claimed) + "}",
+            "ids": ids,
+            "tokens": tokens,
         },
     ).one()
     stopped = set(canceled_operations)
-    return set(lost) | {c.email.id for c in claimed if c.email.bulk_operation_id in stopped}
+    return set(stopped_emails) | {
+        c.email.id for c in claimed if c.email.bulk_operation_id in stopped
+    }
 
 
 _ATTEMPT_OUTCOMES = {

@@ -80,7 +80,9 @@ class Plan:
     folder: Path  # logs of every process
     recipients: int = 500_000
     seed: int = field(default_factory=lambda: int.from_bytes(os.urandom(4), "big"))
-    kills: int = 8  # kill -9 of a random poller or Celery worker
+    kills: int = (
+        8  # kill -9: a quarter (at least one) of Celery workers mid-expansion, the rest of pollers
+    )
     stops: int = 3  # SIGSTOP of a random poller past its lease
     operations: int = 4
     pollers: int = 4
@@ -183,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipients", type=int, default=500_000)
     parser.add_argument("--seed", type=int, help="repeat the fault schedule of an earlier run")
-    parser.add_argument("--kills", type=int, default=8, help="kill -9 of a poller or worker")
+    parser.add_argument(
+        "--kills",
+        type=int,
+        default=8,
+        help="kill -9 of a poller, or of a Celery worker (a quarter)",
+    )
     parser.add_argument("--stops", type=int, default=3, help="SIGSTOP of a poller past its lease")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for the whole run")
     parser.add_argument(
@@ -202,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         timeout=options.timeout,
         **({} if options.seed is None else {"seed": options.seed}),
     )
-    report = run(plan, say=lambda line: print(line, flush=True))
+    try:
+        report = run(plan, say=lambda line: print(line, flush=True))
+    except TimeoutError as error:
+        print(f"chaos run failed: {error}; the processes' logs are in {logs}", file=sys.stderr)
+        return 1
     print(report.table())
     return 1 if report.failures() else 0
 
