@@ -429,6 +429,8 @@ class _Run:
                 [
                     *(str(BIN / "bulkmail"), "bulk", "send", "--template", "chaos"),
                     *("--sender", SENDER, "--query", query, "--name", f"chaos {number}"),
+                    # A retry after an outage (was it stored?) returns the first operation.
+                    *("--idempotency-key", f"chaos-{number}"),
                 ],
                 env=self.env,
                 capture_output=True,
