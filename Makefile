@@ -8,7 +8,7 @@ PIP_INSTALL = $(BIN)/python -m pip install --quiet -c constraints.txt
 # `make demo` needs the demo extra, which the dev extra of `make install` includes.
 DEMO_STAMP := $(if $(wildcard $(VENV)/.installed-dev),$(VENV)/.installed-dev,$(VENV)/.installed-demo)
 
-.PHONY: install bytecode services lint test bench demo lock clean
+.PHONY: install bytecode services lint test bench chaos demo lock clean
 
 $(VENV)/.installed-%: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ demo: $(DEMO_STAMP)
 bench: bytecode
 	bash .ci/services postgres
 	$(BIN)/python tests/bench/run_all.py
+
+# Not part of `make test` (which runs a reduced run): 500,000 recipients while processes are
+# killed and servers restarted, on servers of its own; minutes. CHAOS_ARGS="--seed N" repeats one.
+chaos: bytecode services
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 # constraints.txt again: the newest versions pyproject.toml allows, of everything the dev and
 # demo extras install, resolved in a virtualenv of its own. Commit it once `make test` passes.

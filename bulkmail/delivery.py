@@ -11,7 +11,9 @@ kill -9 sends at most that many twice (after the lease expires, another poller s
 Right before each part of a batch goes to the server, the poller asks the database which of its
 emails were canceled meanwhile (``outbox.withdrawn``) and hands over only the others; their
 claims end Canceled. So once a cancel has committed and every claim of it has ended, nothing of
-it reaches SMTP any more.
+it reaches SMTP any more. The same check withholds the emails whose claim the poller lost: a
+poller stopped (SIGSTOP, swapped out) past its lease, whose claims the reaper ended and other
+pollers took, hands none of the rest of its batch over when it resumes.
 
 A round never loses what the SMTP server said: when the database is unreachable at the moment
 the outcomes are written, they are written again until it is back (each write is a
@@ -417,13 +419,18 @@ async def _send_claimed(
 
     async def deliver(part: list[Item]) -> Round:
         claimed = [prepared.claimed[item.key] for item in part]
+        # A claim is lost no sooner than a lease after it was made (renewals only push that
+        # back); from half a lease on, leaving room for hosts' clocks to differ, the check
+        # also looks up each email's claim, which costs a lookup per email.
+        may_be_lost = time.monotonic() - claimed_at > options.lease.total_seconds() / 2
         try:
-            canceled = await asyncio.to_thread(_withdrawn, engine, claimed)
+            withheld = await asyncio.to_thread(_withdrawn, engine, claimed, may_be_lost)
         except DATABASE_DOWN as error:
-            # Without the check a cancel could be missed: nothing goes out until it is back.
+            # Without the check a cancel, or a lost claim, could be missed: nothing goes out
+            # until it is back.
             logger.warning("cannot check for cancels (%s); releasing %d", summary(error), len(part))
-            canceled = {item.key for item in part}
-        handed = [item for item in part if item.key not in canceled]
+            withheld = {item.key for item in part}
+        handed = [item for item in part if item.key not in withheld]
         if shaper is None:
             results = await sender.send_batch(handed) if handed else []
         else:
@@ -449,7 +456,7 @@ async def _send_claimed(
     return sum((task.result() for task in tasks), Round(claimed=len(prepared.claimed)))
 
 
-def _withdrawn(engine: sa.Engine, claimed: list[outbox.Claimed]) -> set[int]:
+def _withdrawn(engine: sa.Engine, claimed: list[outbox.Claimed], may_be_lost: bool) -> set[int]:
     with db.transaction(engine) as session:
         return outbox.withdrawn(session, claimed)
 

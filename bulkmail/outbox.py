@@ -9,7 +9,8 @@ leases to Pending Send.
 Cancels reach claimed emails too. An email whose cancel was asked while a poller held it (its
 own request, or its bulk operation's) is never handed to SMTP after the poller's check
 (``withdrawn``), which runs before each part of a batch goes out; a claim that ends without a
-delivery (released, reaped, or a temporary failure) ends Canceled instead of Pending Send.
+delivery (released, reaped, or a temporary failure) ends Canceled instead of Pending Send. The
+same check keeps a poller that stalled past its lease from handing over the rest of its batch.
 
 The counters of bulk operations move in the same transactions as their emails (``tally``).
 """
@@ -398,30 +399,50 @@ def _back_to_pending_unless_canceled() -> dict[str, object]:
     }
 
 
-def withdrawn(session: orm.Session, claimed: Sequence[Claimed]) -> set[int]:
-    """The ids of these claimed emails whose cancel was asked: they must not reach SMTP.
+def withdrawn(
+    session: orm.Session, claimed: Sequence[Claimed], *, claims_may_be_lost: bool = False
+) -> set[int]:
+    """The ids of these claimed emails that must not reach SMTP: their cancel was asked, or,
+    with ``claims_may_be_lost``, their claim is no longer held (the poller stalled past the
+    lease and the reaper ended it: another poller may have sent them already).
 
-    The poller asks right before it hands a part of its batch to the server. Two index
-    lookups: the operations of the part, and the partial index of emails with a request.
+    The poller asks right before it hands a part of its batch to the server. Two index lookups,
+    and with ``claims_may_be_lost`` one by primary key per email instead of the second: the
+    poller asks for that only once a claim can have expired.
     """
     operations = {c.email.bulk_operation_id for c in claimed} - {None}
     ids = "{" + ",".join(str(c.email.id) for c in claimed) + "}"
-    canceled_operations, requested = session.execute(
+    tokens = "{}"
+    if claims_may_be_lost:
+        tokens = "{" + ",".join(str(c.claim_token) for c in claimed) + "}"
+        # Every email not Sending under its token any more, or whose cancel was asked.
+        emails = (
+            "SELECT c.id FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[]))"
+            " AS c(id, token) LEFT JOIN emails AS e ON e.id = c.id AND e.claim_token = c.token"
+            " AND e.statuscode = :sending AND e.cancel_requested_at IS NULL WHERE e.id IS NULL"
+        )
+    else:
+        emails = (
+            "SELECT id FROM emails WHERE cancel_requested_at IS NOT NULL"
+            " AND id = ANY(CAST(:ids AS bigint[]))"
+        )
+    canceled_operations, stopped_emails = session.execute(
         sa.text(
-            "SELECT"
-            " array(SELECT id FROM bulk_operations WHERE status = :canceled"
-            " AND id = ANY(CAST(:operations AS bigint[]))),"
-            " array(SELECT id FROM emails WHERE cancel_requested_at IS NOT NULL"
-            " AND id = ANY(CAST(:ids AS bigint[])))"
+            "SELECT array(SELECT id FROM bulk_operations WHERE status = :canceled"
+            f" AND id = ANY(CAST(:operations AS bigint[]))), array({emails})"
         ),
         {
             "canceled": _OP_CANCELED,
+            "sending": _SENDING,
             "operations": "{" + ",".join(map(str, operations)) + "}",
             "ids": ids,
+            "tokens": tokens,
         },
     ).one()
     stopped = set(canceled_operations)
-    return set(requested) | {c.email.id for c in claimed if c.email.bulk_operation_id in stopped}
+    return set(stopped_emails) | {
+        c.email.id for c in claimed if c.email.bulk_operation_id in stopped
+    }
 
 
 _ATTEMPT_OUTCOMES = {

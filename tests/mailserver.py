@@ -65,10 +65,16 @@ class Ledger:
     ``delay`` slows every accepted message down, to keep senders busy for a while. The first
     RCPT of an address in ``hold`` is answered only after ``release()``; ``held`` is set while
     it waits, so a test can act on a sender known to be in the middle of a batch.
+    ``refuse(seconds)`` takes the server down for a while: new connections are closed at once
+    and open ones are cut at their next RCPT, before any message of theirs is accepted.
+    With ``keep=False`` a delivery keeps its Message-ID and envelope but not its bytes, for runs
+    of hundreds of thousands of messages.
     """
 
-    def __init__(self, *, delay: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, keep: bool = True) -> None:
         self.delay = delay
+        self.keep = keep
+        self._down_until = 0.0
         self.rcpt_replies: dict[str, str] = {}
         self.drop: set[str] = set()
         self.hang: set[str] = set()
@@ -100,6 +106,12 @@ class Ledger:
         with self._lock:
             return len(self._deliveries)
 
+    def refuse(self, seconds: float) -> None:
+        self._down_until = time.monotonic() + seconds
+
+    def down(self) -> bool:
+        return time.monotonic() < self._down_until
+
     async def handle_EHLO(
         self, server: aiosmtpd.SMTP, session: Any, envelope: Any, hostname: str, responses: Any
     ) -> list[str]:
@@ -116,7 +128,7 @@ class Ledger:
             self.held.set()
             while not self._released.is_set():
                 await asyncio.sleep(0.01)
-        if address in self.drop:
+        if address in self.drop or self.down():
             assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
             return "451 4.3.0 never seen: the connection is gone"
@@ -130,21 +142,33 @@ class Ledger:
         if self.delay:
             await asyncio.sleep(self.delay)
         data = bytes(envelope.original_content)
-        message = email.message_from_bytes(data, policy=email.policy.compat32)
-        message_id = str(message["Message-ID"]).strip().strip("<>")
         with self._lock:
             queue_id = next(self._queue_ids)
             self._deliveries.append(
                 Delivery(
-                    message_id=message_id,
+                    message_id=_message_id(data),
                     sender=envelope.mail_from,
                     recipients=tuple(envelope.rcpt_tos),
-                    data=data,
+                    data=data if self.keep else b"",
                     queue_id=queue_id,
                     at=time.monotonic(),
                 )
             )
         return f"250 2.0.0 queued as {queue_id}"
+
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*<([^>\r\n]+)>\r?$", re.MULTILINE | re.IGNORECASE)
+
+
+def _message_id(data: bytes) -> str:
+    """The Message-ID without angle brackets; parsing the whole message only when the header
+    is not on one line (parsing costs more than the rest of a delivery)."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    match = _MESSAGE_ID.search(head)
+    if match:
+        return match.group(1).decode()
+    message = email.message_from_bytes(data, policy=email.policy.compat32)
+    return str(message["Message-ID"]).strip().strip("<>")
 
 
 @contextlib.contextmanager
@@ -154,7 +178,9 @@ def serving(ledger: Ledger, *, port: int = 0) -> Iterator[int]:
     thread = threading.Thread(target=loop.run_forever, name="smtp-ledger", daemon=True)
     thread.start()
 
-    def factory() -> aiosmtpd.SMTP:
+    def factory() -> asyncio.Protocol:
+        if ledger.down():
+            return _Refusing()
         ledger.connections += 1
         return aiosmtpd.SMTP(ledger, hostname="ledger.test", loop=loop, enable_SMTPUTF8=True)
 
@@ -177,6 +203,14 @@ def serving(ledger: Ledger, *, port: int = 0) -> Iterator[int]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+class _Refusing(asyncio.Protocol):
+    """A server that is down: the connection ends before a greeting."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
 
 
 def free_port() -> int:

@@ -124,11 +124,20 @@ def own_postgres(settings: dict[str, str] = FAST) -> Iterator[OwnPostgres]:
 
 
 class OwnRedis:
-    """A ``redis-server`` this test run started on 127.0.0.1, without persistence."""
+    """A ``redis-server`` this test run started on 127.0.0.1, without persistence; can be
+    killed and started again on the same port (``restart``), empty as after a crash."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, command: list[str]) -> None:
         self.process = process
         self.port = port
+        self.command = command
+
+    def restart(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.process = _popen_redis(self.command)
+        if not _answers(self):
+            raise RuntimeError(f"redis-server did not start again on port {self.port}")
 
     def url(self, database: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{database}"
@@ -145,37 +154,38 @@ def own_redis() -> Iterator[OwnRedis]:
         services.missing("redis-server", "not installed (`make services` installs it)")
     assert binary is not None
     folder = Path(tempfile.mkdtemp(prefix="bulkmail-test-redis-"))
-    process: subprocess.Popen[bytes] | None = None
+    server: OwnRedis | None = None
 
     def remove() -> None:
-        if process is not None and process.poll() is None:
-            process.terminate()
-            process.wait(timeout=10)
+        if server is not None and server.process.poll() is None:
+            server.process.terminate()
+            server.process.wait(timeout=10)
         shutil.rmtree(folder, ignore_errors=True)
 
     atexit.register(remove)
     try:
         for _ in range(3):
             port = free_port()
-            with (folder / "redis.log").open("ab") as log:
-                process = subprocess.Popen(
-                    [
-                        *(binary, "--port", str(port), "--bind", "127.0.0.1"),
-                        *("--save", "", "--appendonly", "no", "--dir", str(folder)),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            server = OwnRedis(process, port)
+            command = [
+                *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(folder)),
+                *("--logfile", str(folder / "redis.log")),
+            ]
+            server = OwnRedis(_popen_redis(command), port, command)
             if _answers(server):
                 break
         else:
             log_tail = (folder / "redis.log").read_text(errors="replace")[-500:]
             services.missing("redis-server", f"it did not start: {log_tail}")
+        assert server is not None
         yield server
     finally:
         remove()
         atexit.unregister(remove)
+
+
+def _popen_redis(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _answers(server: OwnRedis, timeout: float = 10) -> bool:

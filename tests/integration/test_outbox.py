@@ -193,6 +193,31 @@ def test_stale_completion_changes_nothing(engine: sa.Engine) -> None:
     assert _email(engine, email_id).current_status is Status.SENT
 
 
+def test_a_claim_the_reaper_ended_is_withheld_when_it_may_be_lost(engine: sa.Engine) -> None:
+    sender = _sender(engine)
+    held_ids = mailserver.insert_pending(engine, sender, 2)
+    held = _claim(engine, worker="live")
+    lost_ids = mailserver.insert_pending(engine, sender, 3)
+    # Claimed two minutes earlier: its lease ends three minutes from now, the live one's in five.
+    now = models.utcnow()
+    lost = _claim(engine, worker="slow", now=now - dt.timedelta(minutes=2))
+    assert [c.email.id for c in lost] == lost_ids
+    later = now + dt.timedelta(minutes=4)
+    with db.session_scope(engine) as session:
+        assert outbox.reap(session, now=later) == 3
+    taken = _claim(engine, worker="fast", limit=1, now=later)
+    assert [c.email.id for c in taken] == lost_ids[:1]
+
+    with db.session_scope(engine) as session:
+        # Reaped (one of them claimed again by another poller): none may go out any more.
+        assert outbox.withdrawn(session, lost, claims_may_be_lost=True) == set(lost_ids)
+        assert outbox.withdrawn(session, held, claims_may_be_lost=True) == set()
+        assert outbox.withdrawn(session, taken, claims_may_be_lost=True) == set()
+        # Before half a lease the poller does not ask: the cheaper check sees cancels only.
+        assert outbox.withdrawn(session, lost) == set()
+    assert {c.email.id for c in held} == set(held_ids)
+
+
 def test_release_returns_unsent_claims_uncounted(engine: sa.Engine) -> None:
     sender = _sender(engine)
     ids = mailserver.insert_pending(engine, sender, 3)

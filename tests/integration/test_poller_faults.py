@@ -144,6 +144,39 @@ def test_a_poller_stopped_past_its_lease_changes_nothing_when_it_resumes(
     assert set(ledger.received()) == {row.message_id for row in rows}
 
 
+def test_a_poller_resumed_past_its_lease_hands_the_rest_of_its_batches_to_no_one(
+    engine: sa.Engine, start_poller: StartPoller
+) -> None:
+    # Batches ten times the completion window: most of each is still waiting its turn when the
+    # poller is stopped. Found by the chaos run: resumed, it sent all of them a second time.
+    sender = mailserver.add_sender(engine)
+    recipients = [["held@example.com"]] + [[f"r{i}@example.com"] for i in range(1, 1000)]
+    mailserver.insert_pending(engine, sender, 1000, recipients=recipients)
+    ledger = mailserver.Ledger()
+    ledger.hold = {"held@example.com"}
+    with mailserver.serving(ledger) as port:
+        url = f"smtp://127.0.0.1:{port}"
+        first = start_poller(url, *FAST, "--batch", str(COMPLETION_BATCH * 10))
+        assert ledger.held.wait(20), first.log()
+        first.signal(signal.SIGSTOP)
+        assert count(engine, Status.SENDING) > COMPLETION_BATCH * 5, "the batches were out"
+
+        second = start_poller(url, *FAST)
+        pollers.wait_until(lambda: count(engine, Status.SENT) == 1000, 30, "all sent", second)
+        first.signal(signal.SIGCONT)
+        ledger.release()
+        stale = re.compile(r"sent 0, retry 0, failed 0, released 0, canceled 0, stale [1-9]")
+        pollers.wait_until(lambda: bool(stale.search(first.log())), 20, "a stale completion", first)
+        assert first.stop(GRACE) == 0
+        assert second.stop(GRACE) == 0
+
+    assert mailserver.statuses(engine) == {Status.SENT: 1000}
+    received = ledger.received()
+    assert set(received) == message_ids(engine)
+    # What it had handed to SMTP before the stop may arrive twice: the completion window.
+    assert sum(n - 1 for n in received.values()) <= COMPLETION_BATCH
+
+
 def test_sigterm_finishes_the_rounds_in_flight_and_exits_0_within_the_grace_period(
     engine: sa.Engine, start_poller: StartPoller
 ) -> None:
