@@ -458,7 +458,7 @@ async def _send_claimed(
 
 def _withdrawn(engine: sa.Engine, claimed: list[outbox.Claimed], may_be_lost: bool) -> set[int]:
     with db.transaction(engine) as session:
-        return outbox.withdrawn(session, claimed)
+        return outbox.withdrawn(session, claimed, claims_may_be_lost=may_be_lost)
 
 
 async def _budget(shaper: throttle.Throttle | None, wanted: int) -> throttle.Budget | None:
