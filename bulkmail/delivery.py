@@ -9,9 +9,11 @@ messages are being sent. The recorder also bounds what a crash can cost: at most
 kill -9 sends at most that many twice (after the lease expires, another poller sends them again).
 
 Right before each part of a batch goes to the server, the poller asks the database which of its
-emails were canceled meanwhile (``outbox.withdrawn``) and hands over only the others; their
-claims end Canceled. So once a cancel has committed and every claim of it has ended, nothing of
-it reaches SMTP any more.
+emails were canceled meanwhile, or are not under its claim any more (``outbox.withdrawn``), and
+hands over only the others; canceled claims end Canceled. So once a cancel has committed and
+every claim of it has ended, nothing of it reaches SMTP any more; and a poller cut off from the
+database past its lease (a network partition, a long stall) sends none of the rest of its batch
+when it is back: the reaper gave those emails to other pollers.
 
 A round never loses what the SMTP server said: when the database is unreachable at the moment
 the outcomes are written, they are written again until it is back (each write is a
@@ -389,12 +391,13 @@ async def _send_claimed(
     async def deliver(part: list[Item]) -> Round:
         claimed = [prepared.claimed[item.key] for item in part]
         try:
-            canceled = await asyncio.to_thread(_withdrawn, engine, claimed)
+            withdrawn = await asyncio.to_thread(_withdrawn, engine, claimed)
         except DATABASE_DOWN as error:
-            # Without the check a cancel could be missed: nothing goes out until it is back.
-            logger.warning("cannot check for cancels (%s); releasing %d", summary(error), len(part))
-            canceled = {item.key for item in part}
-        handed = [item for item in part if item.key not in canceled]
+            # Without the check a cancel or a takeover could be missed: nothing goes out until
+            # it is back.
+            logger.warning("cannot check the claims (%s); releasing %d", summary(error), len(part))
+            withdrawn = {item.key for item in part}
+        handed = [item for item in part if item.key not in withdrawn]
         results = await sender.send_batch(handed) if handed else []
         return await recorder.record(claimed, [], results, admitted=len(part))
 

@@ -4,7 +4,8 @@ outgoing emails lives here, so the locking rules can be read as one unit.
 Claim, commit, send, complete: a claim moves Pending Send emails to Sending under a lease with a
 claim token and commits before any SMTP traffic. Completion is a compare-and-set on that token,
 so a worker whose lease expired and was taken over changes nothing. The reaper returns expired
-leases to Pending Send.
+leases to Pending Send; the check before each part of a batch goes out (``withdrawn``) keeps a
+worker from sending what is not under its claim any more.
 
 Cancels reach claimed emails too. An email whose cancel was asked while a poller held it (its
 own request, or its bulk operation's) is never handed to SMTP after the poller's check
@@ -338,29 +339,37 @@ def _back_to_pending_unless_canceled() -> dict[str, object]:
 
 
 def withdrawn(session: orm.Session, claimed: Sequence[Claimed]) -> set[int]:
-    """The ids of these claimed emails whose cancel was asked: they must not reach SMTP.
+    """The ids of these claimed emails that must not reach SMTP: their cancel was asked, or
+    the claim is not the caller's any more (its lease ended, the reaper returned the email and
+    another poller may have sent it already).
 
-    The poller asks right before it hands a part of its batch to the server. Two index
-    lookups: the operations of the part, and the partial index of emails with a request.
+    The poller asks right before it hands a part of its batch to the server, so a poller cut
+    off from the database past its lease sends at most what it had handed over before the
+    cut, never the rest of its batch. Index lookups: the operations of the part, the partial
+    index of emails with a request, and each email by its key.
     """
     operations = {c.email.bulk_operation_id for c in claimed} - {None}
-    ids = "{" + ",".join(str(c.email.id) for c in claimed) + "}"
-    canceled_operations, requested = session.execute(
+    canceled_operations, requested, taken = session.execute(
         sa.text(
             "SELECT"
             " array(SELECT id FROM bulk_operations WHERE status = :canceled"
             " AND id = ANY(CAST(:operations AS bigint[]))),"
             " array(SELECT id FROM emails WHERE cancel_requested_at IS NOT NULL"
-            " AND id = ANY(CAST(:ids AS bigint[])))"
+            " AND id = ANY(CAST(:ids AS bigint[]))),"
+            " array(SELECT c.id FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[]))"
+            " AS c(id, token) LEFT JOIN emails e ON e.id = c.id"
+            " WHERE e.claim_token IS DISTINCT FROM c.token)"
         ),
         {
             "canceled": _OP_CANCELED,
             "operations": "{" + ",".join(map(str, operations)) + "}",
-            "ids": ids,
+            "ids": "{" + ",".join(str(c.email.id) for c in claimed) + "}",
+            "tokens": "{" + ",".join(str(c.claim_token) for c in claimed) + "}",
         },
     ).one()
     stopped = set(canceled_operations)
-    return set(requested) | {c.email.id for c in claimed if c.email.bulk_operation_id in stopped}
+    lost = set(requested) | set(taken)
+    return lost | {c.email.id for c in claimed if c.email.bulk_operation_id in stopped}
 
 
 _ATTEMPT_OUTCOMES = {

@@ -193,6 +193,26 @@ def test_stale_completion_changes_nothing(engine: sa.Engine) -> None:
     assert _email(engine, email_id).current_status is Status.SENT
 
 
+def test_a_claim_taken_over_is_withdrawn_from_its_old_holder(engine: sa.Engine) -> None:
+    # A poller back from a partition longer than its lease must not send the rest of its batch.
+    sender = _sender(engine)
+    taken, kept = mailserver.insert_pending(engine, sender, 2)
+    stale = _claim(engine, worker="slow")
+    later = models.utcnow() + LEASE + dt.timedelta(seconds=1)
+    with db.session_scope(engine) as session:
+        session.execute(
+            sa.update(models.Email)
+            .where(models.Email.id == kept)
+            .values(lease_expires_at=later + LEASE)
+        )
+        assert outbox.reap(session, now=later) == 1
+    (fresh,) = _claim(engine, worker="fast", now=later)
+    with db.session_scope(engine) as session:
+        assert outbox.withdrawn(session, stale) == {taken}
+        assert outbox.withdrawn(session, [fresh]) == set()
+    assert fresh.email.id == taken
+
+
 def test_release_returns_unsent_claims_uncounted(engine: sa.Engine) -> None:
     sender = _sender(engine)
     ids = mailserver.insert_pending(engine, sender, 3)
