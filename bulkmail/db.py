@@ -98,8 +98,32 @@ def _migrate(url: str) -> None:
         engine.dispose()
 
 
+# A network partition, both ways. The server ends the session of a client it cannot reach any
+# more within half a minute, which rolls its transaction back: otherwise the row locks it holds
+# (an operation's counters, which every claim and completion of its emails updates) would stop
+# all pollers until the kernel gave up on the connection, after 15 minutes with data
+# unacknowledged, 2 hours without. And the client gives up on a connection the server ended
+# meanwhile (its goodbye lost in the partition) instead of waiting for a reply forever.
+# Keepalives find a silent peer, the user timeout one that stopped acknowledging; a stalled
+# process is not affected, as its kernel still answers.
+_SERVER_PARTITIONS = (
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+    " -c tcp_user_timeout=30000"
+)
+_CLIENT_PARTITIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
-    """An engine for the PostgreSQL database at ``url``, with the settings bulkmail relies on."""
+    """An engine for the PostgreSQL database at ``url``, with the settings bulkmail relies on.
+
+    Server settings given as ``connect_args={"options": "-c name=value"}`` (or as the URL's
+    ``options``) are added to those."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise errors.InvalidInput(
@@ -109,6 +133,13 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     if parsed.drivername != "postgresql+psycopg":
         # A bare postgresql:// would pick psycopg2, which is not a dependency.
         parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args = {
+        **{k: v for k, v in _CLIENT_PARTITIONS.items() if k not in parsed.query},
+        **kwargs.pop("connect_args", {}),
+    }
+    given = connect_args.get("options") or parsed.query.get("options") or ""
+    connect_args["options"] = f"{_SERVER_PARTITIONS} {given}".strip()
+    kwargs["connect_args"] = connect_args
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("json_deserializer", json_loads)
     engine = sa.create_engine(parsed, **kwargs)
