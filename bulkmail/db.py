@@ -98,6 +98,32 @@ def _migrate(url: str) -> None:
         engine.dispose()
 
 
+# A network partition, both ways. The server ends the session of a client it cannot reach any
+# more within half a minute, which rolls its transaction back: otherwise the row locks it holds
+# (an operation's counters, which every claim and completion of its emails updates) would stop
+# all pollers until the kernel gave up on the connection, after 15 minutes with data
+# unacknowledged, 2 hours without. And the client gives up on a connection the server ended
+# meanwhile (its goodbye lost in the partition) instead of waiting for a reply forever.
+# Keepalives find a silent peer, the user timeout one that stopped acknowledging; a stalled
+# process is not affected, as its kernel still answers. The server's side is set when a
+# connection opens, not as the ``options`` startup parameter, which PgBouncer refuses; behind
+# PgBouncer in transaction mode the setting stays with a server connection, which every
+# bulkmail client sets alike.
+_SERVER_PARTITIONS = (
+    "SELECT set_config('tcp_keepalives_idle', '10', false),"
+    " set_config('tcp_keepalives_interval', '5', false),"
+    " set_config('tcp_keepalives_count', '3', false),"
+    " set_config('tcp_user_timeout', '30000', false)"
+)
+_CLIENT_PARTITIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     """An engine for the PostgreSQL database at ``url``, with the settings bulkmail relies on."""
     parsed = make_url(url)
@@ -109,6 +135,11 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     if parsed.drivername != "postgresql+psycopg":
         # A bare postgresql:// would pick psycopg2, which is not a dependency.
         parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args = {
+        **{k: v for k, v in _CLIENT_PARTITIONS.items() if k not in parsed.query},
+        **kwargs.pop("connect_args", {}),
+    }
+    kwargs["connect_args"] = connect_args
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("json_deserializer", json_loads)
     # No server-side prepared statements (psycopg prepares a statement the fifth time one
@@ -119,7 +150,14 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     kwargs["connect_args"] = {"prepare_threshold": None, **kwargs.get("connect_args", {})}
     engine = sa.create_engine(parsed, **kwargs)
     event.listen(engine, "handle_error", _session_ended_by_server)
+    event.listen(engine, "connect", _end_sessions_across_partitions)
     return engine
+
+
+def _end_sessions_across_partitions(connection: Any, record: Any) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(_SERVER_PARTITIONS)
+    connection.commit()
 
 
 def _session_ended_by_server(context: sa.engine.ExceptionContext) -> BaseException | None:

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,9 @@ class Ledger:
     ``rcpt_replies`` maps a recipient to its RCPT reply; recipients in ``drop`` make the server
     cut the connection instead of answering, those in ``hang`` get no answer for a minute.
     ``delay`` slows every accepted message down, to keep senders busy for a while. The first
-    RCPT of an address in ``hold`` is answered only after ``release()``; ``held`` is set while
-    it waits, so a test can act on a sender known to be in the middle of a batch.
+    RCPT of an address in ``hold``, or the first RCPT from a client address in
+    ``hold_clients``, is answered only after ``release()``; ``held`` is set while it waits, so a
+    test can act on a sender known to be in the middle of a batch.
     ``refuse(seconds)`` takes the server down for a while: new connections are closed at once
     and open ones are cut at their next RCPT, before any message of theirs is accepted.
     With ``keep=False`` a delivery keeps its Message-ID and envelope but not its bytes, for runs
@@ -79,6 +80,7 @@ class Ledger:
         self.drop: set[str] = set()
         self.hang: set[str] = set()
         self.hold: set[str] = set()
+        self.hold_clients: set[str] = set()
         self.held = threading.Event()
         self._released = threading.Event()
         self.connections = 0
@@ -123,8 +125,10 @@ class Ledger:
     ) -> str:
         if address in self.hang:
             await asyncio.sleep(60)
-        if address in self.hold:
+        client = session.peer[0]
+        if address in self.hold or client in self.hold_clients:
             self.hold.discard(address)
+            self.hold_clients.discard(client)
             self.held.set()
             while not self._released.is_set():
                 await asyncio.sleep(0.01)
@@ -172,8 +176,11 @@ def _message_id(data: bytes) -> str:
 
 
 @contextlib.contextmanager
-def serving(ledger: Ledger, *, port: int = 0) -> Iterator[int]:
-    """Run an SMTP server for ``ledger`` in a thread; yields its port on 127.0.0.1."""
+def serving(
+    ledger: Ledger, *, port: int = 0, addresses: Sequence[str] = ("127.0.0.1",)
+) -> Iterator[int]:
+    """Run an SMTP server for ``ledger`` in a thread; yields its port on ``addresses`` (give a
+    ``port`` with more than one address: port 0 would be a different one on each)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="smtp-ledger", daemon=True)
     thread.start()
@@ -185,7 +192,7 @@ def serving(ledger: Ledger, *, port: int = 0) -> Iterator[int]:
         return aiosmtpd.SMTP(ledger, hostname="ledger.test", loop=loop, enable_SMTPUTF8=True)
 
     async def start() -> asyncio.Server:
-        return await loop.create_server(factory, "127.0.0.1", port)
+        return await loop.create_server(factory, list(addresses), port)
 
     server = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
     try:
@@ -220,12 +227,14 @@ def free_port() -> int:
         return port
 
 
-def wait_listening(process: subprocess.Popen[bytes], port: int, what: str) -> None:
+def wait_listening(
+    process: subprocess.Popen[bytes], port: int, what: str, address: str = "127.0.0.1"
+) -> None:
     """Return once ``process`` accepts connections on ``port``; fail if it exits or takes 10 s."""
     deadline = time.monotonic() + 10
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection((address, port), timeout=1).close()
             return
         except OSError:
             assert process.poll() is None, f"{what} exited"
@@ -250,24 +259,27 @@ class Sink:
 
 
 @contextlib.contextmanager
-def smtp_sink(*flags: str) -> Iterator[Sink]:
-    """Postfix's smtp-sink on a free loopback port with ``flags``, dumping every transaction."""
+def smtp_sink(*flags: str, address: str = "127.0.0.1", dumps: Path | None = None) -> Iterator[Sink]:
+    """Postfix's smtp-sink on a free port of ``address`` with ``flags``, dumping every
+    transaction into a new folder in ``dumps`` (default: the temporary folder). For many
+    thousands of messages give a memory file system (/dev/shm): on a disk mounted with
+    ``discard``, removing each file waits for the device."""
     binary = shutil.which("smtp-sink") or shutil.which("smtp-sink", path="/usr/sbin")
     if binary is None:
         services.missing("smtp-sink", "install Postfix (Debian: apt-get install postfix)")
     assert binary is not None
     port = free_port()
     # A folder user nobody can write to: smtp-sink run as root must drop to another user.
-    folder = Path(tempfile.mkdtemp(prefix="smtp-sink-"))
+    folder = Path(tempfile.mkdtemp(prefix="smtp-sink-", dir=dumps))
     folder.chmod(0o777)
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
     process = subprocess.Popen(
-        [binary, *user, *flags, "-d", f"{folder}/%M.", f"127.0.0.1:{port}", "64"],
+        [binary, *user, *flags, "-d", f"{folder}/%M.", f"{address}:{port}", "64"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_listening(process, port, f"smtp-sink {' '.join(flags)}")
+        wait_listening(process, port, f"smtp-sink {' '.join(flags)}", address)
         yield Sink(port, folder)
     finally:
         process.terminate()

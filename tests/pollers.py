@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -42,15 +42,23 @@ class Poller:
         return self.wait(grace + 5)
 
 
-def spawn(database_url: str, smtp_url: str, log: Path, *args: str, **env: str) -> Poller:
-    """Start ``bulkmail worker poller ARGS`` with only the given BULKMAIL_* settings."""
+def spawn(
+    database_url: str,
+    smtp_url: str,
+    log: Path,
+    *args: str,
+    prefix: Sequence[str] = (),
+    **env: str,
+) -> Poller:
+    """Start ``bulkmail worker poller ARGS`` with only the given BULKMAIL_* settings;
+    ``prefix`` runs it through a command that execs it (``ip netns exec NAME``)."""
     if not BULKMAIL.exists():
         pytest.fail(f"{BULKMAIL} is missing; install the project with `make test`")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
     environment |= {"BULKMAIL_DATABASE_URL": database_url, "BULKMAIL_SMTP_URL": smtp_url, **env}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(BULKMAIL), "worker", "poller", *args],
+            [*prefix, str(BULKMAIL), "worker", "poller", *args],
             env=environment,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
@@ -76,27 +76,39 @@ class Postgres:
 
 
 class OwnPostgres(Postgres):
-    """A PostgreSQL this test run started: listens on 127.0.0.1:``port`` and a Unix socket in
-    its data folder; can be stopped (also as in a crash) and started again."""
+    """A PostgreSQL this test run started: listens on ``port`` of its ``addresses`` (the first
+    one for the admin URL) and a Unix socket in its data folder; can be stopped (also as in a
+    crash) and started again."""
 
-    def __init__(self, data: Path, port: int, settings: dict[str, str]) -> None:
-        super().__init__(f"postgresql://{embedded.USER}@127.0.0.1:{port}/postgres")
+    def __init__(
+        self, data: Path, port: int, settings: dict[str, str], addresses: Sequence[str]
+    ) -> None:
+        super().__init__(f"postgresql://{embedded.USER}@{addresses[0]}:{port}/postgres")
         self.data = data
         self.port = port
         self.settings = settings
+        self.addresses = addresses
 
     def start(self) -> None:
-        embedded.start(
-            self.data, database=None, host="127.0.0.1", port=self.port, settings=self.settings
-        )
+        host = ",".join(self.addresses)
+        embedded.start(self.data, database=None, host=host, port=self.port, settings=self.settings)
+
+    def trust(self, network: str) -> None:
+        """Let clients from ``network`` (CIDR) in without a password, as those on loopback."""
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {network} trust\n")
+        self.execute("SELECT pg_reload_conf()")
 
     def stop(self, *, immediate: bool = False) -> None:
         embedded.stop(self.data, immediate=immediate)
 
 
 @contextlib.contextmanager
-def own_postgres(settings: dict[str, str] = FAST) -> Iterator[OwnPostgres]:
-    """A fresh PostgreSQL in a temporary folder: stopped and removed when the block ends."""
+def own_postgres(
+    settings: dict[str, str] = FAST, *, addresses: Sequence[str] = ("127.0.0.1",)
+) -> Iterator[OwnPostgres]:
+    """A fresh PostgreSQL in a temporary folder, listening on ``addresses``: stopped and
+    removed when the block ends."""
     folder = Path(tempfile.mkdtemp(prefix="bulkmail-test-pg-"))
     data = folder / "data"
 
@@ -109,7 +121,7 @@ def own_postgres(settings: dict[str, str] = FAST) -> Iterator[OwnPostgres]:
     atexit.register(remove)
     try:
         for attempt in range(3):
-            server = OwnPostgres(data, free_port(), settings)
+            server = OwnPostgres(data, free_port(), settings, addresses)
             try:
                 server.start()
                 break
@@ -124,12 +136,20 @@ def own_postgres(settings: dict[str, str] = FAST) -> Iterator[OwnPostgres]:
 
 
 class OwnRedis:
-    """A ``redis-server`` this test run started on 127.0.0.1, without persistence; can be
-    killed and started again on the same port (``restart``), empty as after a crash."""
+    """A ``redis-server`` this test run started, without persistence, listening on ``port`` of
+    ``addresses`` (the first one for ``url``); can be killed and started again on the same port
+    (``restart``), empty as after a crash."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, command: list[str]) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        port: int,
+        addresses: Sequence[str],
+        command: list[str],
+    ) -> None:
         self.process = process
         self.port = port
+        self.addresses = addresses
         self.command = command
 
     def restart(self) -> None:
@@ -139,16 +159,18 @@ class OwnRedis:
         if not _answers(self):
             raise RuntimeError(f"redis-server did not start again on port {self.port}")
 
-    def url(self, database: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{database}"
+    def url(self, database: int = 0, *, address: str | None = None) -> str:
+        return f"redis://{address or self.addresses[0]}:{self.port}/{database}"
 
     def client(self, database: int = 0) -> redis.Redis:
         return redis.Redis.from_url(self.url(database), socket_connect_timeout=2)
 
 
 @contextlib.contextmanager
-def own_redis() -> Iterator[OwnRedis]:
-    """A fresh ``redis-server`` in a temporary folder: stopped and removed when the block ends."""
+def own_redis(addresses: Sequence[str] = ("127.0.0.1",)) -> Iterator[OwnRedis]:
+    """A fresh ``redis-server`` in a temporary folder, listening on ``addresses``: stopped and
+    removed when the block ends. Clients need no password: only loopback and the test's own
+    private addresses reach it."""
     binary = shutil.which("redis-server")
     if binary is None:
         services.missing("redis-server", "not installed (`make services` installs it)")
@@ -167,11 +189,11 @@ def own_redis() -> Iterator[OwnRedis]:
         for _ in range(3):
             port = free_port()
             command = [
-                *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                *(binary, "--port", str(port), "--bind", *addresses, "--protected-mode", "no"),
                 *("--save", "", "--appendonly", "no", "--dir", str(folder)),
                 *("--logfile", str(folder / "redis.log")),
             ]
-            server = OwnRedis(_popen_redis(command), port, command)
+            server = OwnRedis(_popen_redis(command), port, addresses, command)
             if _answers(server):
                 break
         else:

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from celery import Celery, signals
 from sqlalchemy import exc
 
-from bulkmail import db, defaults, heartbeats, models, settings
+from bulkmail import db, defaults, errors, heartbeats, models, settings
 from workers import collector
 
 logger = logging.getLogger("bulkmail.worker")
@@ -59,6 +59,11 @@ signals.worker_init.connect(_tune_collector, weak=False)
 signals.worker_process_init.connect(_tune_collector, weak=False)
 
 
+# session_scope turns an unreachable database into a BulkmailError: uncaught, the worker's timer
+# would log it with a traceback at every beat while the database is away.
+_DATABASE_AWAY = (exc.SQLAlchemyError, errors.BulkmailError)
+
+
 class _Heartbeat:
     """The worker records that it is alive in PostgreSQL, as pollers do, so the dashboard lists
     it (and shows it lost when it stops beating). The worker's own timer calls it."""
@@ -80,11 +85,11 @@ class _Heartbeat:
         try:
             with db.session_scope(self.engine) as session:
                 heartbeats.beat(session, self.identity, sent=0, retried=0, failed=0)
-        except exc.SQLAlchemyError as error:
+        except _DATABASE_AWAY as error:
             logger.warning("could not record the heartbeat: %s", str(error).splitlines()[0])
 
     def stop(self) -> None:
-        with contextlib.suppress(exc.SQLAlchemyError), db.session_scope(self.engine) as session:
+        with contextlib.suppress(*_DATABASE_AWAY), db.session_scope(self.engine) as session:
             heartbeats.stopped(session, self.identity.id)
 
 

@@ -475,3 +475,38 @@ def test_a_pollers_session_left_in_a_transaction_ends_after_a_lease(pg_url: str)
             assert connection.exec_driver_sql("SELECT 1").scalar() == 1
     finally:
         poller.engine.dispose()
+
+
+def test_every_session_ends_within_half_a_minute_once_client_and_server_lose_each_other(
+    pg_url: str,
+) -> None:
+    # Its transaction's locks would otherwise stop the others for up to two hours; the
+    # multi-host test cuts a worker's link mid-expansion to show it.
+    engine = db.make_engine(pg_url)
+    try:
+        with engine.connect() as connection:
+            # And the client gives up on a server it cannot reach, after as long.
+            driver = connection.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            client = driver.info.get_parameters()
+            assert {k: client.get(k) for k in ("keepalives_idle", "tcp_user_timeout")} == {
+                "keepalives_idle": "10",
+                "tcp_user_timeout": "30000",
+            }
+            shown = {
+                name: connection.exec_driver_sql(f"SHOW {name}").scalar()
+                for name in (
+                    "tcp_keepalives_idle",
+                    "tcp_keepalives_interval",
+                    "tcp_keepalives_count",
+                    "tcp_user_timeout",
+                )
+            }
+    finally:
+        engine.dispose()
+    assert shown == {
+        "tcp_keepalives_idle": "10",  # seconds
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "30000",  # milliseconds
+    }

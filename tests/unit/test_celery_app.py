@@ -1,5 +1,8 @@
+import logging
 import subprocess
 import sys
+
+import pytest
 
 from bulkmail import settings
 from workers import celery_app, collector
@@ -32,3 +35,18 @@ def test_worker_processes_tune_the_garbage_collector() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.split() == ["700", str(collector.YOUNG_THRESHOLD), "True"]
+
+
+def test_a_heartbeat_without_its_database_is_a_warning_not_an_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker cut off from PostgreSQL must keep its timer quiet: one line per beat, no traceback.
+    monkeypatch.setenv("BULKMAIL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/bulkmail")
+    heartbeat = celery_app._Heartbeat()
+    with caplog.at_level(logging.WARNING, logger="bulkmail.worker"):
+        heartbeat.beat()
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        "could not record the heartbeat: cannot reach the database"
+    )
+    assert record.exc_info is None
