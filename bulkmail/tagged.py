@@ -13,7 +13,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bulkmail import errors, settings
@@ -55,21 +55,28 @@ class Tagged:
         prefix, plus, token = local.partition("+")
         if not (at and plus) or domain.lower() != self.domain or prefix.lower() != self.prefix:
             return None
-        found = _TOKEN.fullmatch(token.lower())
-        if found is None:
-            return None
-        email_id = int(found.group(1))
-        if not hmac.compare_digest(found.group(2), self._mac(email_id)):
-            return None
-        return email_id
+        return verified(_TOKEN.fullmatch(token.lower()), self._mac)
 
     def first_email_id(self, addresses: Iterable[str]) -> int | None:
         """The email named by the first of ``addresses`` that is one of these, or None."""
         return next((found for a in addresses if (found := self.email_id(a)) is not None), None)
 
     def _mac(self, email_id: int) -> str:
-        digest = hmac.new(self.key, str(email_id).encode(), hashlib.sha256).digest()
-        return base64.b32encode(digest[:_MAC_BYTES]).decode().rstrip("=").lower()
+        return base64.b32encode(mac(self.key, email_id)).decode().rstrip("=").lower()
+
+
+def mac(key: bytes, email_id: int) -> bytes:
+    """The MAC of a token naming ``email_id`` (here and in the unsubscribe links), unencoded."""
+    return hmac.new(key, str(email_id).encode(), hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def verified(found: re.Match[str] | None, expected: Callable[[int], str]) -> int | None:
+    """The email id of a token matched as (id, encoded MAC), or None unless its MAC is the one
+    ``expected`` encodes for that id (compared in constant time)."""
+    if found is None:
+        return None
+    email_id = int(found.group(1))
+    return email_id if hmac.compare_digest(found.group(2), expected(email_id)) else None
 
 
 def return_paths(config: settings.Settings) -> Tagged | None:
