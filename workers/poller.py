@@ -121,8 +121,8 @@ class Poller:
             started_at=models.utcnow(),
         )
         # The connection budget: each round claims or checks for cancels, the recorder writes
-        # outcomes, and the chores (beat, reaper) run, each in a thread of ``_database_threads``
-        # holding one pooled connection at a time; LISTEN has one more, outside the pool.
+        # outcomes, and the chores (beat, reaper) run, each in a thread of the executor ``run``
+        # sets, holding one pooled connection at a time; LISTEN has one more, outside the pool.
         self.connections = config.rounds + 2
         self.engine = db.make_engine(
             config.database_url, pool_size=self.connections, max_overflow=0
