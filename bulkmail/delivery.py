@@ -40,7 +40,9 @@ from bulkmail import (
     db,
     defaults,
     errors,
+    ledger,
     mime,
+    models,
     outbox,
     ratelimit,
     signing,
@@ -153,14 +155,22 @@ def _prepare(
     cache: mime.PartCache,
     caps: dict[str, int] | None = None,
 ) -> _Prepared:
+    shared = ledger.Ledger()
     with db.transaction(engine) as session:
         claimed = outbox.claim(
-            session, worker=options.worker, limit=options.batch, lease=options.lease, caps=caps
+            session,
+            worker=options.worker,
+            limit=options.batch,
+            lease=options.lease,
+            caps=caps,
+            shared=shared,
         )
         if not claimed:
             return _Prepared(claimed={}, items=[], unbuildable=[])
         messages = compose.messages(session, [c.email for c in claimed], links=options.unsubscribe)
         signers = options.keyring.signers(session, [c.email.from_address for c in claimed])
+        # Last: the operations' counter rows stay locked until the commit (see ``ledger``).
+        shared.write(session, now=models.utcnow())
     items: list[Item] = []
     unbuildable: list[outbox.Outcome] = []
     for entry in claimed:
@@ -196,11 +206,16 @@ class _Entry:
 
 def _record(engine: sa.Engine, entries: list[_Entry], options: Options) -> list[Round]:
     """Write the entries in one transaction; what each of them did."""
+    shared = ledger.Ledger()
     with db.transaction(engine) as session:
-        return [_record_entry(session, entry, options) for entry in entries]
+        done = [_record_entry(session, entry, options, shared) for entry in entries]
+        shared.write(session, now=models.utcnow())
+        return done
 
 
-def _record_entry(session: orm.Session, entry: _Entry, options: Options) -> Round:
+def _record_entry(
+    session: orm.Session, entry: _Entry, options: Options, shared: ledger.Ledger
+) -> Round:
     """Complete what was decided or reached the server; release the rest of the claims."""
     by_id = {claimed.email.id: claimed for claimed in entry.claimed}
     outcomes = list(entry.decided)
@@ -215,8 +230,10 @@ def _record_entry(session: orm.Session, entry: _Entry, options: Options) -> Roun
         outcomes.append(outbox.Outcome(claimed=by_id[result.key], kind=result.kind, reply=reply))
         answered.add(result.key)
     unsent = [(key, claimed.claim_token) for key, claimed in by_id.items() if key not in answered]
-    done = outbox.complete(session, outcomes, policy=options.policy, worker=options.worker)
-    released = outbox.release(session, unsent)
+    done = outbox.complete(
+        session, outcomes, policy=options.policy, worker=options.worker, shared=shared
+    )
+    released = outbox.release(session, unsent, shared=shared)
     return Round(
         sent=done.sent,
         retried=done.retried,

@@ -8,14 +8,15 @@ the dashboard and ``/metrics`` are exact with any number of pollers and survive 
 * ``send_rollups``: emails moved to Sent, back to Pending Send (retried) or to Failed per
   minute, bulk operation and sender.
 
-Rollup rows are written after the emails and the operations' counters, in key order, so two
-transactions never wait for each other in a circle. ``prune`` (Celery beat's hourly task) folds
-rollups older than the retention into the minute 1970-01-01 of their key, keeping totals exact,
-and deletes older attempts.
+The transactions that move emails write the rollups last, after the emails and the operations'
+counters, in key order (``ledger``), so two transactions never wait for each other in a circle.
+``prune`` (Celery beat's hourly task) folds rollups older than the retention into the minute
+1970-01-01 of their key, keeping totals exact, and deletes older attempts.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import enum
 import json
@@ -76,33 +77,58 @@ def reply_codes(reply: str) -> tuple[int | None, str | None]:
 def record_attempts(
     session: orm.Session, attempts: Sequence[Attempt], *, worker: str, now: dt.datetime
 ) -> None:
-    """Log one row per attempt and count them in the minute's reply rollups.
+    """Log one row per attempt and count them in the minute's reply rollups."""
+    roll_replies(session, log_attempts(session, attempts, worker=worker, now=now), now=now)
+
+
+def log_attempts(
+    session: orm.Session, attempts: Sequence[Attempt], *, worker: str, now: dt.datetime
+) -> collections.Counter[tuple[int, int]]:
+    """Log one row per attempt; how many were logged per (outcome, reply code or 0), for
+    ``roll_replies``.
 
     One statement for the batch, its rows as one JSON parameter (as the completion does);
-    PostgreSQL counts the logged rows into the rollups.
+    PostgreSQL counts the logged rows.
     """
     if not attempts:
-        return
+        return collections.Counter()
     rows = json.dumps(
         [(a.email_id, int(a.outcome), *reply_codes(a.reply), a.reply) for a in attempts]
     )
-    session.connection().execute(
-        _RECORD, {"now": now, "minute": minute_of(now), "worker": worker, "rows": rows}
-    )
+    logged = session.connection().execute(_LOG, {"now": now, "worker": worker, "rows": rows})
+    return collections.Counter({(outcome, code): count for outcome, code, count in logged})
 
 
-_RECORD = sa.text(
+_LOG = sa.text(
     "WITH logged AS (INSERT INTO delivery_attempts"
     " (email_id, attempted_at, worker, outcome, code, enhanced_code, reply)"
     " SELECT (r->>0)::bigint, :now, :worker, (r->>1)::smallint, (r->>2)::smallint, r->>3,"
     " r->>4 FROM json_array_elements(CAST(:rows AS json)) AS r"
     " ON CONFLICT DO NOTHING RETURNING outcome, code)"
-    " INSERT INTO reply_rollups (minute, outcome, code, attempts)"
-    " SELECT :minute, outcome, coalesce(code, 0), count(*) FROM logged"
-    " GROUP BY outcome, coalesce(code, 0) ORDER BY 2, 3"
-    " ON CONFLICT (minute, outcome, code)"
-    " DO UPDATE SET attempts = reply_rollups.attempts + excluded.attempts"
+    " SELECT outcome, coalesce(code, 0), count(*) FROM logged GROUP BY 1, 2"
 )
+
+
+def roll_replies(
+    session: orm.Session, counts: collections.Counter[tuple[int, int]], *, now: dt.datetime
+) -> None:
+    """Add attempts per (outcome, reply code or 0) to the minute's reply rollups."""
+    params = [
+        {"minute": minute_of(now), "outcome": outcome, "code": code, "attempts": attempts}
+        for (outcome, code), attempts in sorted(counts.items())
+        if attempts
+    ]
+    if not params:
+        return
+    session.connection().execute(
+        sa.text(
+            "INSERT INTO reply_rollups (minute, outcome, code, attempts)"
+            " VALUES (:minute, :outcome, :code, :attempts)"
+            " ON CONFLICT (minute, outcome, code)"
+            " DO UPDATE SET attempts = reply_rollups.attempts + excluded.attempts"
+        ),
+        params,
+    )
 
 
 _ROLLED = {Status.SENT: 0, Status.PENDING_SEND: 1, Status.FAILED: 2}

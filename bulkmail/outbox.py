@@ -12,7 +12,8 @@ own request, or its bulk operation's) is never handed to SMTP after the poller's
 delivery (released, reaped, or a temporary failure) ends Canceled instead of Pending Send. The
 same check keeps a poller that stalled past its lease from handing over the rest of its batch.
 
-The counters of bulk operations move in the same transactions as their emails (``tally``).
+The counters of bulk operations move in the same transactions as their emails (``tally``),
+written last with the rollups (``ledger``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql
 
-from bulkmail import db, defaults, history, mailboxes, models, settings, smtp, tally
+from bulkmail import db, defaults, history, ledger, mailboxes, models, settings, smtp, tally
 from bulkmail.models import OperationStatus
 from bulkmail.status import FailureKind, State, Status
 
@@ -144,6 +145,7 @@ def claim(
     lease: dt.timedelta,
     now: dt.datetime | None = None,
     caps: Mapping[str, int] | None = None,
+    shared: ledger.Ledger | None = None,
 ) -> list[Claimed]:
     """Move up to ``limit`` due Pending Send emails to Sending for ``worker`` and return them.
 
@@ -152,7 +154,8 @@ def claim(
     it names (what the provider may take now, see ``throttle``); the others' up to ``limit``.
     Emails whose sender mailbox is blocked by the approval rules are failed here instead; emails
     of canceled bulk operations are never claimed. The caller commits right after, before any
-    SMTP traffic.
+    SMTP traffic. With ``shared``, the operations' counters and rollups are left to it, for the
+    caller to write last; without, they are written here.
     """
     now = now or models.utcnow()
     token = uuid.uuid4()
@@ -174,29 +177,26 @@ def claim(
     ]
     rows.sort(key=lambda row: (-row.priority, row.id))
     blocked = _blocked(session, rows)
+    book = ledger.Ledger() if shared is None else shared
     if blocked:
         _fail_blocked(session, token, blocked, now)
-        failed = [r for r in rows if r.id in blocked]
-        history.roll(
-            session,
-            [
-                tally.Move(r.bulk_operation_id, int(Status.FAILED), 1, r.from_address)
-                for r in failed
-            ],
-            now=now,
+        book.roll(
+            tally.Move(r.bulk_operation_id, int(Status.FAILED), 1, r.from_address)
+            for r in rows
+            if r.id in blocked
         )
-    counters = tally.Tally()
-    counters.move_each(
+    book.counters.move_each(
         (row.bulk_operation_id for row in rows if row.id not in blocked),
         Status.PENDING_SEND,
         Status.SENDING,
     )
-    counters.move_each(
+    book.counters.move_each(
         (row.bulk_operation_id for row in rows if row.id in blocked),
         Status.PENDING_SEND,
         Status.FAILED,
     )
-    counters.write(session, now=now)
+    if shared is None:
+        book.write(session, now=now)
     return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
 
 
@@ -459,12 +459,14 @@ def complete(
     policy: RetryPolicy = RetryPolicy(),
     worker: str = "",
     now: dt.datetime | None = None,
+    shared: ledger.Ledger | None = None,
 ) -> Completed:
     """Write SMTP outcomes back, each a compare-and-set on its claim token, and log each one as
     a delivery attempt of ``worker`` (``history``).
 
     A temporary failure is retried later unless the email's attempts (this one included) or
-    lifetime are used up, which fails it for good, or a cancel was asked meanwhile.
+    lifetime are used up, which fails it for good, or a cancel was asked meanwhile. With
+    ``shared``, the counters and rollups are left to it (see ``claim``).
     """
     now = now or models.utcnow()
     outcomes = list(outcomes)
@@ -495,10 +497,7 @@ def complete(
     changed: list[tally.Move] = []
     for target, params_list in groups.items():
         changed += _update_claimed(session, target, params_list, now)
-    counters = tally.Tally()
-    counters.move_counted(changed, Status.SENDING)
-    counters.write(session, now=now)
-    history.record_attempts(
+    logged = history.log_attempts(
         session,
         [
             history.Attempt(
@@ -509,7 +508,12 @@ def complete(
         worker=worker,
         now=now,
     )
-    history.roll(session, changed, now=now)
+    book = ledger.Ledger() if shared is None else shared
+    book.counters.move_counted(changed, Status.SENDING)
+    book.roll(changed)
+    book.count_replies(logged)
+    if shared is None:
+        book.write(session, now=now)
     moved: collections.Counter[Status] = collections.Counter()
     for move in changed:
         moved[Status(move.code)] += move.emails
@@ -630,9 +634,11 @@ def release(
     claimed: Iterable[tuple[int, uuid.UUID]],
     *,
     now: dt.datetime | None = None,
+    shared: ledger.Ledger | None = None,
 ) -> Released:
     """End claims that were never handed to SMTP, uncounted as attempts: Pending Send again,
-    or Canceled where a cancel was asked."""
+    or Canceled where a cancel was asked. With ``shared``, the counters are left to it (see
+    ``claim``)."""
     now = now or models.utcnow()
     pairs = list(claimed)
     if not pairs:
@@ -647,9 +653,10 @@ def release(
             **_unclaimed(now),
         ),
     )
-    counters = tally.Tally()
-    counters.move_counted(moves, Status.SENDING)
-    counters.write(session, now=now)
+    book = ledger.Ledger() if shared is None else shared
+    book.counters.move_counted(moves, Status.SENDING)
+    if shared is None:
+        book.write(session, now=now)
     return Released(
         pending=sum(m.emails for m in moves if m.code == _PENDING),
         canceled=sum(m.emails for m in moves if m.code == _CANCELED),
@@ -701,11 +708,11 @@ def reap(
         .where(expired())
         .values(**_back_to_pending_unless_canceled(), **_unclaimed(now)),
     )
-    counters = tally.Tally()
-    counters.move_counted([*failed, *returned], Status.SENDING)
-    counters.write(session, now=now)
+    book = ledger.Ledger()
+    book.counters.move_counted([*failed, *returned], Status.SENDING)
     # Back to Pending Send here is no SMTP retry; giving up is a failure.
-    history.roll(session, failed, now=now)
+    book.roll(failed)
+    book.write(session, now=now)
     return sum(move.emails for move in (*failed, *returned))
 
 
