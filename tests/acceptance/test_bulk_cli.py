@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import subprocess
+import threading
+import time
 
 from tests.acceptance.conftest import BULKMAIL, Cli
 
@@ -144,11 +146,22 @@ def test_waiting_on_an_operation_that_no_poller_sends_says_so(cli: Cli) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    try:
-        out, _ = waiting.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
+    # Interrupted once the warning is out (it comes after 10 s without a poller), or after 20 s.
+    assert waiting.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(waiting.stdout or ()), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and waiting.poll() is None:
+        if any("`bulkmail worker poller`" in line for line in lines):
+            break
+        time.sleep(0.2)
+    if waiting.poll() is None:
         waiting.send_signal(signal.SIGINT)
-        # Generous: on a loaded machine the interrupted query's cancel can take seconds.
-        out, _ = waiting.communicate(timeout=30)
+    # Generous: on a loaded machine the interrupted query's cancel can take seconds.
+    waiting.wait(timeout=30)
+    reader.join(timeout=30)
+    waiting.stdout.close()
+    out = "".join(lines)
     assert "no poller has run in the last 10 s: 1 emails wait in Pending Send" in out, out
     assert "`bulkmail worker poller`" in out
