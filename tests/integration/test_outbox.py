@@ -8,10 +8,11 @@ import uuid
 from collections import Counter
 
 import sqlalchemy as sa
+from sqlalchemy import orm
 
-from bulkmail import db, mailboxes, models, organization, outbox, smtp
+from bulkmail import db, ledger, mailboxes, models, organization, outbox, smtp
 from bulkmail.status import FailureKind, Status
-from tests import mailserver
+from tests import bulkops, mailserver
 
 LEASE = dt.timedelta(minutes=5)
 SENT, RETRY, REFUSED = (
@@ -344,3 +345,50 @@ def test_renew_keeps_a_live_claim_from_the_reaper(engine: sa.Engine) -> None:
     past_renewed = later + LEASE + dt.timedelta(seconds=1)
     with db.session_scope(engine) as session:
         assert outbox.reap(session, now=past_renewed) == 2
+
+
+def test_the_shared_rows_are_locked_only_once_the_ledger_is_written(engine: sa.Engine) -> None:
+    bulkops.seed(engine)
+    bulkops.add_contacts(engine, 3, country="DE")
+    operation_id = bulkops.submit(engine)
+    bulkops.expand(engine, operation_id)
+
+    def counters(session: orm.Session) -> tuple[int, int, int]:
+        row = session.execute(
+            sa.select(models.BulkOperation.pending, models.BulkOperation.sending)
+            .add_columns(models.BulkOperation.sent)
+            .where(models.BulkOperation.id == operation_id)
+        ).one()
+        return (row.pending, row.sending, row.sent)
+
+    def free(table: str) -> bool:
+        """Whether another transaction could update a row of ``table`` now, without waiting."""
+        with engine.connect() as other:
+            try:
+                other.execute(sa.text(f"SELECT 1 FROM {table} FOR NO KEY UPDATE NOWAIT"))
+            except sa.exc.OperationalError:
+                return False
+            return True
+
+    with db.session_scope(engine) as session:
+        shared = ledger.Ledger()
+        claimed = outbox.claim(session, worker="w1", limit=10, lease=LEASE, shared=shared)
+        assert len(claimed) == 3
+        outcomes = [outbox.Outcome(claimed=c, kind=SENT, reply="250 2.0.0 Ok") for c in claimed]
+        outbox.complete(session, outcomes, worker="w1", shared=shared)
+        # The emails moved and their attempts are logged; the shared rows are untouched.
+        assert bulkops.count_rows(engine, "delivery_attempts") == 0  # not committed yet
+        assert counters(session) == (3, 0, 0)
+        assert session.scalar(sa.text("SELECT count(*) FROM delivery_attempts")) == 3
+        assert session.scalar(sa.text("SELECT count(*) FROM send_rollups")) == 0
+        assert session.scalar(sa.text("SELECT count(*) FROM reply_rollups")) == 0
+        assert free("bulk_operations")
+        shared.write(session, now=models.utcnow())
+        assert counters(session) == (0, 0, 3)
+        assert not free("bulk_operations")
+    bulkops.assert_counters_match_the_emails(engine, operation_id)
+    with engine.connect() as connection:
+        sent = connection.scalar(sa.text("SELECT sum(sent) FROM send_rollups"))
+        replies = connection.execute(sa.text("SELECT code, attempts FROM reply_rollups")).all()
+    assert sent == 3
+    assert [tuple(row) for row in replies] == [(250, 3)]
