@@ -124,7 +124,9 @@ def main() -> None:
     rate = sent / seconds
     # The pollers beside it: as many emails, one poller, to smtp-sink.
     sink = bench_send.free_port()
-    pollers = argparse.Namespace(pollers=1, batch=None, concurrency=None, completion_batch=None)
+    pollers = argparse.Namespace(
+        pollers=1, batch=None, concurrency=None, completion_batch=None, throttling=None
+    )
     with bench_send.smtp_sink(sink), bench_send.fresh_database() as url:
         bench_send.insert_pending(url, args.n, args.size)
         bench_send.run_pollers(url, sink, pollers)
