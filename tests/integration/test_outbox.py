@@ -286,7 +286,7 @@ def test_reaper_skips_a_row_a_stalled_transaction_holds(pg_url: str) -> None:
 def test_concurrent_claimers_each_get_an_email_exactly_once(db_url: str) -> None:
     engine = db.make_engine(db_url, pool_size=20)
     try:
-        total = 50_000
+        total = 20_000
         sender = _sender(engine)
         for start in range(0, total, 10_000):
             mailserver.insert_pending(engine, sender, min(10_000, total - start))
