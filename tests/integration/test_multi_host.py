@@ -331,8 +331,15 @@ def _cut_a_poller_then_the_worker(c: Cluster) -> None:
     # 3. Operation B expands; the worker host is cut in the middle and comes back.
     second = c.submit("FR")
     c.until(lambda: c.operation(second).created >= 8_000, 120, "operation B expands")
-    c.worker_host.cut()
-    at_cut = c.operation(second)
+    # The worker pauses while its link is cut, so that the cut lands mid-expansion however fast
+    # the expansion runs (the rest of it took less than the cut on a busy machine); it resumes
+    # at once, cut off.
+    os.killpg(c.worker.pid, signal.SIGSTOP)
+    try:
+        at_cut = c.operation(second)
+        c.worker_host.cut()
+    finally:
+        os.killpg(c.worker.pid, signal.SIGCONT)
     assert at_cut.current_status is OperationStatus.EXPANDING, "the cut came too late"
     # The pollers send all there is; the worker, cut off, writes no more.
     c.until(lambda: c.outstanding() == 0, 300, "everything written before the cut sent")
