@@ -74,13 +74,6 @@ def reply_codes(reply: str) -> tuple[int | None, str | None]:
     return int(head), enhanced if valid and len(enhanced) <= 16 else None
 
 
-def record_attempts(
-    session: orm.Session, attempts: Sequence[Attempt], *, worker: str, now: dt.datetime
-) -> None:
-    """Log one row per attempt and count them in the minute's reply rollups."""
-    roll_replies(session, log_attempts(session, attempts, worker=worker, now=now), now=now)
-
-
 def log_attempts(
     session: orm.Session, attempts: Sequence[Attempt], *, worker: str, now: dt.datetime
 ) -> collections.Counter[tuple[int, int]]:

@@ -86,7 +86,7 @@ def test_reply_codes_are_read_from_the_stored_reply(engine: sa.Engine) -> None:
     }
     now = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
     with db.session_scope(engine) as session:
-        history.record_attempts(
+        logged = history.log_attempts(
             session,
             [
                 history.Attempt(email_id=i, outcome=history.Outcome.TEMPORARY, reply=reply)
@@ -95,6 +95,7 @@ def test_reply_codes_are_read_from_the_stored_reply(engine: sa.Engine) -> None:
             worker="w1",
             now=now,
         )
+        history.roll_replies(session, logged, now=now)
     with engine.connect() as connection:
         rows = connection.execute(
             sa.text("SELECT email_id, reply, code, enhanced_code FROM delivery_attempts")
