@@ -15,8 +15,9 @@ each other (PostgreSQL's ``log_lock_waits`` showed them).
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import orm
 
@@ -49,3 +50,15 @@ class Ledger:
         history.roll_replies(session, self._replies, now=now)
         self._rolled.clear()
         self._replies.clear()
+
+
+@contextlib.contextmanager
+def kept(session: orm.Session, shared: Ledger | None, *, now: dt.datetime) -> Iterator[Ledger]:
+    """``shared``, left for its owner to write; or, without one, a ledger of the block's own,
+    written when the block ends (not when it raises: the transaction rolls back anyway)."""
+    if shared is not None:
+        yield shared
+        return
+    own = Ledger()
+    yield own
+    own.write(session, now=now)

@@ -177,26 +177,24 @@ def claim(
     ]
     rows.sort(key=lambda row: (-row.priority, row.id))
     blocked = _blocked(session, rows)
-    book = ledger.Ledger() if shared is None else shared
-    if blocked:
-        _fail_blocked(session, token, blocked, now)
-        book.roll(
-            tally.Move(r.bulk_operation_id, int(Status.FAILED), 1, r.from_address)
-            for r in rows
-            if r.id in blocked
+    with ledger.kept(session, shared, now=now) as book:
+        if blocked:
+            _fail_blocked(session, token, blocked, now)
+            book.roll(
+                tally.Move(r.bulk_operation_id, int(Status.FAILED), 1, r.from_address)
+                for r in rows
+                if r.id in blocked
+            )
+        book.counters.move_each(
+            (row.bulk_operation_id for row in rows if row.id not in blocked),
+            Status.PENDING_SEND,
+            Status.SENDING,
         )
-    book.counters.move_each(
-        (row.bulk_operation_id for row in rows if row.id not in blocked),
-        Status.PENDING_SEND,
-        Status.SENDING,
-    )
-    book.counters.move_each(
-        (row.bulk_operation_id for row in rows if row.id in blocked),
-        Status.PENDING_SEND,
-        Status.FAILED,
-    )
-    if shared is None:
-        book.write(session, now=now)
+        book.counters.move_each(
+            (row.bulk_operation_id for row in rows if row.id in blocked),
+            Status.PENDING_SEND,
+            Status.FAILED,
+        )
     return [Claimed(email=row, claim_token=token) for row in rows if row.id not in blocked]
 
 
@@ -508,12 +506,10 @@ def complete(
         worker=worker,
         now=now,
     )
-    book = ledger.Ledger() if shared is None else shared
-    book.counters.move_counted(changed, Status.SENDING)
-    book.roll(changed)
-    book.count_replies(logged)
-    if shared is None:
-        book.write(session, now=now)
+    with ledger.kept(session, shared, now=now) as book:
+        book.counters.move_counted(changed, Status.SENDING)
+        book.roll(changed)
+        book.count_replies(logged)
     moved: collections.Counter[Status] = collections.Counter()
     for move in changed:
         moved[Status(move.code)] += move.emails
@@ -653,10 +649,8 @@ def release(
             **_unclaimed(now),
         ),
     )
-    book = ledger.Ledger() if shared is None else shared
-    book.counters.move_counted(moves, Status.SENDING)
-    if shared is None:
-        book.write(session, now=now)
+    with ledger.kept(session, shared, now=now) as book:
+        book.counters.move_counted(moves, Status.SENDING)
     return Released(
         pending=sum(m.emails for m in moves if m.code == _PENDING),
         canceled=sum(m.emails for m in moves if m.code == _CANCELED),
