@@ -7,7 +7,10 @@ runs from the submit to the moment the operation's sent counter reaches its crea
 The reference is django-post_office's end-to-end rate for the same template on this machine at
 its best (store with send_many, then send_queued_mail with the processes, batch size and threads
 that delivered fastest), measured by bench_post_office.py (``--reference`` gives a rate measured
-before, as ``make bench`` does). The target is a ratio of at least 10.
+before, as ``make bench`` does). The target is a ratio of at least 10. It also prints each
+process's CPU time per email (the Celery worker with its pool process, the pollers, PostgreSQL,
+the sink) and the rate they would reach with every core of the machine busy at that CPU per
+email: where they share the cores, no run can pass it.
 Run: .venv/bin/python tests/bench/bench_end_to_end.py [--n N] [--pollers K] [--reference R] [--json]
 """
 
@@ -35,7 +38,7 @@ from bench_expansion import (
     submit,
 )
 from bench_post_office import reference as post_office_reference
-from bench_send import BULKMAIL, PeakRss, free_port, fresh_database, smtp_sink
+from bench_send import BULKMAIL, CpuTime, PeakRss, free_port, fresh_database, postmaster, smtp_sink
 
 from bulkmail import bulk, db, mailboxes, templates
 
@@ -85,12 +88,20 @@ def run(n: int, poller_count: int) -> dict[str, object]:
         prepare(url, n)
         port = free_port()
         engine = db.make_engine(url)
-        with smtp_sink(port), servers.own_redis() as broker:
+        with smtp_sink(port) as sink, servers.own_redis() as broker:
             worker = start_worker(url, broker.url(), 5_000, Path(scratch) / "worker.log")
             try:
                 with pollers(url, port, poller_count, Path(scratch) / "pollers.log") as pids:
                     pool = pool_process(worker)
                     sampler = PeakRss([worker.pid, pool, *pids])
+                    meter = CpuTime(
+                        {
+                            "Celery worker": worker.pid,
+                            **{f"poller {i + 1}": pid for i, pid in enumerate(pids)},
+                            "PostgreSQL": postmaster(url),
+                            "smtp-sink": sink,
+                        }
+                    )
                     started = time.perf_counter()
                     operation_id = submit(engine, url, broker.url())
                     while True:
@@ -103,6 +114,7 @@ def run(n: int, poller_count: int) -> dict[str, object]:
                         time.sleep(0.1)
                     seconds = time.perf_counter() - started
                     peaks = sampler.stop()
+                    spent = meter.stop()
             finally:
                 os.killpg(worker.pid, signal.SIGTERM)
                 worker.wait(timeout=30)
@@ -110,6 +122,15 @@ def run(n: int, poller_count: int) -> dict[str, object]:
     rate = op.sent / seconds
     names = ["celery worker", "celery pool process", *(f"poller {i + 1}" for i in range(len(pids)))]
     by_process = {name: round(peaks[pid], 1) for name, pid in zip(names, peaks, strict=True)}
+    cpu = {
+        "Celery worker": spent.pop("Celery worker"),
+        "pollers": sum(spent.pop(f"poller {i + 1}") for i in range(len(pids))),
+        **spent,
+    }
+    # As in bench_send: the rate every core busy at this CPU per email would give, the ceiling
+    # of any rate on a machine whose cores these processes share.
+    cores = len(os.sched_getaffinity(0))
+    ceiling = cores / sum(cpu.values()) * op.sent
     return {
         "phase": "end to end",
         "n": n,
@@ -118,7 +139,12 @@ def run(n: int, poller_count: int) -> dict[str, object]:
         "rate": round(rate),
         "peak_rss_mb": max(by_process.values()),
         "peak_rss_mb_by_process": by_process,
-        "note": f"1 Celery worker + {poller_count} pollers; peak RSS of the largest process",
+        "cpu_us_per_email": {name: round(1e6 * sec / op.sent) for name, sec in cpu.items()},
+        "cpu_ceiling_rate": round(ceiling),
+        "note": (
+            f"1 Celery worker + {poller_count} pollers; peak RSS of the largest process;"
+            f" CPU ceiling on {cores} cores {ceiling:,.0f}/s"
+        ),
     }
 
 
@@ -140,6 +166,13 @@ def main() -> None:
     print(
         f"end to end: {result['sent']:,} sent in {result['seconds']} s = {result['rate']:,} /s;"
         f" reference {result['reference']:,} /s; ratio {result['ratio']}"
+    )
+    per_email = ", ".join(f"{name} {us} µs" for name, us in result["cpu_us_per_email"].items())
+    print(f"CPU/email {per_email}")
+    ceiling = result["cpu_ceiling_rate"]
+    print(
+        f"ceiling   every core busy at that CPU per email: {ceiling:,} /s;"
+        f" ratio {ceiling / reference:.2f}"
     )
     for name, mb in result["peak_rss_mb_by_process"].items():
         print(f"peak RSS {name}: {mb} MB")

@@ -22,7 +22,11 @@ Then it runs the pollers with ``--exit-when-idle`` as subprocesses until every e
 -m N`` against the same sink (the median of three runs), and drops the database. It reports two
 rates, each as a ratio to smtp-source's: from starting the pollers to their exit, and the
 pollers' steady rate, from their first outcome write to their last (``sent_at``). Targets for
-two pollers on bulk operations: at least 0.6 steady and 0.5 from start to exit.
+two pollers on bulk operations: at least 0.6 steady and 0.5 from start to exit. Beside them, the
+CPU's ceiling as a ratio: the rate from start to exit at which the pollers, PostgreSQL and the
+sink would run with every core of the machine busy at the CPU per email they spent (start-up
+included), and the same with PostgreSQL costing nothing. Where they share the cores, no start
+to exit rate can pass it.
 """
 
 from __future__ import annotations
@@ -478,7 +482,17 @@ def main() -> None:
         "bulk": f"bulk operations{', HTML only' if args.html_only else ''}",
         "bare": "bare rows, no operation (extra)",
     }[args.rows]
+    # What the CPU lets through: every core busy with these processes and nothing else, at the
+    # CPU per email they spent from start to exit, and the same without PostgreSQL's share.
+    # On a machine whose cores all these processes share, no start-to-exit rate can pass these.
+    cores = len(os.sched_getaffinity(0))
+    ceiling = cores / sum(cpu.values()) * args.n
+    ceiling_without_db = cores / (sum(cpu.values()) - cpu["PostgreSQL"]) * args.n
     note = f"steady; start to exit {wall_rate:,.0f}/s = {wall_rate / reference:.2f}"
+    note += (
+        f"; CPU ceiling on {cores} cores {ceiling / reference:.2f},"
+        f" {ceiling_without_db / reference:.2f} with PostgreSQL free"
+    )
     if claims:
         note += f"; claim p50 {claims['claim_p50_ms']} ms, p99 {claims['claim_p99_ms']} ms"
     result = {
@@ -491,6 +505,8 @@ def main() -> None:
         "wall_ratio": round(wall_rate / reference, 3),
         "peak_rss_mb": round(max(peaks.values()), 1),
         "cpu_us_per_email": {name: round(1e6 * spent / args.n) for name, spent in cpu.items()},
+        "cpu_ceiling_ratio": round(ceiling / reference, 3),
+        "cpu_ceiling_ratio_postgresql_free": round(ceiling_without_db / reference, 3),
         "note": note,
         **claims,
     }
@@ -509,6 +525,11 @@ def main() -> None:
     )
     per_email = ", ".join(f"{name} {1e6 * spent / args.n:.0f} µs" for name, spent in cpu.items())
     print(f"CPU/email {per_email} ({sum(cpu.values()) / seconds:.2f} cores busy)")
+    print(
+        f"ceiling   {cores} cores at that CPU per email: {ceiling:,.0f} msg/s"
+        f" ({ceiling / reference:.2f}); with PostgreSQL free {ceiling_without_db:,.0f} msg/s"
+        f" ({ceiling_without_db / reference:.2f})"
+    )
     for pid, peak in peaks.items():
         print(f"peak RSS  poller pid {pid}: {peak:,.1f} MB")
     if claims:
