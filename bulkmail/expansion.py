@@ -412,8 +412,12 @@ class _RenderedAhead:
         after = self._after
         try:
             while not self._stop.is_set():
+                # Rendered after the read's transaction has ended: held open for the few hundred
+                # milliseconds of rendering, it would hold back the cleanup of the rows that the
+                # pollers are moving meanwhile (their claims would scan past more dead entries).
                 with self._engine.connect() as connection:
-                    batch = _prepare(connection, self._recipe, after, self._batch_size, lock=False)
+                    read = _read(connection, self._recipe, after, self._batch_size, lock=False)
+                batch = None if read is None else read.render(self._recipe)
                 if not self._hand_over(batch) or batch is None:
                     return
                 after = batch.last
@@ -438,6 +442,30 @@ def _prepare(
     connection: sa.Connection, recipe: Recipe, after: int, batch_size: int, *, lock: bool
 ) -> _Batch | None:
     """Read the contacts after ``after`` and render their emails; ``None`` when there are none."""
+    read = _read(connection, recipe, after, batch_size, lock=lock)
+    return None if read is None else read.render(recipe)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Read:
+    """A batch's contacts as read, with the ids reserved for their emails: what rendering needs,
+    and nothing of the database."""
+
+    after: int
+    contacts: list[sa.Row[Any]]  # those to email
+    ids: list[int]
+    last: int
+    counts: collections.Counter[str]
+
+    def render(self, recipe: Recipe) -> _Batch:
+        rows = list(_rows(recipe, self.contacts, self.ids, models.utcnow(), self.counts))
+        return _Batch(after=self.after, last=self.last, counts=self.counts, rows=rows)
+
+
+def _read(
+    connection: sa.Connection, recipe: Recipe, after: int, batch_size: int, *, lock: bool
+) -> _Read | None:
+    """The contacts after ``after`` and ids for their emails; ``None`` when there are none."""
     select = (
         sa.select(*_CONTACT_COLUMNS)
         .where(recipe.where, C.id > after)
@@ -459,8 +487,7 @@ def _prepare(
         else:
             eligible.append(contact)
     ids = _reserve_ids(connection, len(eligible)) if eligible else []
-    rows = list(_rows(recipe, eligible, ids, models.utcnow(), counts))
-    return _Batch(after=after, last=contacts[-1].id, counts=counts, rows=rows)
+    return _Read(after=after, contacts=eligible, ids=ids, last=contacts[-1].id, counts=counts)
 
 
 def _write(connection: sa.Connection, recipe: Recipe, batch: _Batch) -> None:

@@ -267,6 +267,35 @@ def test_expansion_resumes_from_its_checkpoint_after_a_crash(
     assert _operation_attachments(setup, operation_id) == ["terms.pdf"]
 
 
+def test_an_expansion_renders_with_no_transaction_of_its_own_open(
+    setup: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A transaction left open while a batch renders would hold back the cleanup of the rows the
+    # pollers move meanwhile. The helper thread's read ends with the ids it reserved.
+    add_contacts(setup, 30)
+    operation_id = submit(setup)
+    real_rows = expansion._rows
+    open_while_rendering: list[int] = []
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        with setup.connect() as connection:
+            open_while_rendering.append(
+                connection.scalar(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        " AND state = 'idle in transaction' AND query LIKE '%nextval%'"
+                    )
+                )
+            )
+        yield from real_rows(*args, **kwargs)
+
+    monkeypatch.setattr(expansion, "_rows", observed)
+    assert expand(setup, operation_id, batch_size=10) is OperationStatus.SENDING
+    assert open_while_rendering == [0, 0, 0]
+    assert operation(setup, operation_id).created == 30
+
+
 def _operation_attachments(engine: sa.Engine, operation_id: int) -> list[str]:
     with engine.connect() as connection:
         return list(
