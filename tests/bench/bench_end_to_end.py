@@ -38,7 +38,16 @@ from bench_expansion import (
     submit,
 )
 from bench_post_office import reference as post_office_reference
-from bench_send import BULKMAIL, CpuTime, PeakRss, free_port, fresh_database, postmaster, smtp_sink
+from bench_send import (
+    BULKMAIL,
+    CpuTime,
+    PeakRss,
+    cpu_ceiling,
+    free_port,
+    fresh_database,
+    postmaster,
+    smtp_sink,
+)
 
 from bulkmail import bulk, db, mailboxes, templates
 
@@ -127,10 +136,8 @@ def run(n: int, poller_count: int) -> dict[str, object]:
         "pollers": sum(spent.pop(f"poller {i + 1}") for i in range(len(pids))),
         **spent,
     }
-    # As in bench_send: the rate every core busy at this CPU per email would give, the ceiling
-    # of any rate on a machine whose cores these processes share.
     cores = len(os.sched_getaffinity(0))
-    ceiling = cores / sum(cpu.values()) * op.sent
+    ceiling = cpu_ceiling(cpu, op.sent)
     return {
         "phase": "end to end",
         "n": n,

@@ -328,6 +328,17 @@ def postmaster(url: str) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
+def cpu_ceiling(cpu: dict[str, float], emails: int, *, free: str | None = None) -> float:
+    """The rate (emails/s) at which the processes whose CPU seconds ``cpu`` holds would run with
+    every core of the machine busy at the CPU per email they spent, ``free``'s share left out.
+
+    On a machine whose cores these processes share, no rate from their start to their exit can
+    pass it.
+    """
+    spent = sum(seconds for name, seconds in cpu.items() if name != free)
+    return len(os.sched_getaffinity(0)) / spent * emails
+
+
 def children_cpu() -> float:
     """CPU seconds of the child processes waited for so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -482,12 +493,9 @@ def main() -> None:
         "bulk": f"bulk operations{', HTML only' if args.html_only else ''}",
         "bare": "bare rows, no operation (extra)",
     }[args.rows]
-    # What the CPU lets through: every core busy with these processes and nothing else, at the
-    # CPU per email they spent from start to exit, and the same without PostgreSQL's share.
-    # On a machine whose cores all these processes share, no start-to-exit rate can pass these.
     cores = len(os.sched_getaffinity(0))
-    ceiling = cores / sum(cpu.values()) * args.n
-    ceiling_without_db = cores / (sum(cpu.values()) - cpu["PostgreSQL"]) * args.n
+    ceiling = cpu_ceiling(cpu, args.n)
+    ceiling_without_db = cpu_ceiling(cpu, args.n, free="PostgreSQL")
     note = f"steady; start to exit {wall_rate:,.0f}/s = {wall_rate / reference:.2f}"
     note += (
         f"; CPU ceiling on {cores} cores {ceiling / reference:.2f},"

@@ -36,15 +36,13 @@ import psycopg
 import sqlalchemy as sa
 from bench_send import fresh_database, insert_bulk
 
+from bulkmail.outbox import ClaimedEmail
 from bulkmail.status import Status
 
 PENDING, SENDING, SENT = int(Status.PENDING_SEND), int(Status.SENDING), int(Status.SENT)
 BATCH = 1_000
-CLAIMED = (
-    "id, priority, sender_user_id, sender_queue_id, bulk_operation_id, from_address, from_name,"
-    " subject, body_text, body_html, message_id, delivery_attempts, created_at, sent_at,"
-    " provider, reply_to, to_addresses, cc_addresses, bcc_addresses"
-)
+# The columns a claim returns, as outbox.claim reads them.
+CLAIMED = ", ".join(ClaimedEmail._fields)
 CLAIM_PATH_INDEXES = (
     "ix_emails_pending_claim",
     "ix_emails_pending_provider",
